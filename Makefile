@@ -1,0 +1,30 @@
+# Two commands for a fresh machine (see README.md):
+#   make train   set up .venv and run Part 1 (python -m nanogpt_lib.train)
+#   make test    set up .venv and run the whole test suite (ruff + pytest)
+# The venv gets a CPU build of torch first (TORCH=...), so pip never pulls a multi-GB CUDA build
+# by accident; pass e.g. TORCH=torch to take whatever your platform's default is.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: train test setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,notebooks]"
+	touch $@
+
+train: setup
+	$(PY) -m nanogpt_lib.train $(ARGS)
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

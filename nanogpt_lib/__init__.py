@@ -1,0 +1,37 @@
+"""nanogpt_lib: the code behind the "NanoGPT ao nanoMoE" course, one concept per module.
+
+    config          GPTConfig (the model's hyper-parameters) and the Part-1 preset
+    model           GPT: GPT-2 in PyTorch, with GPT-2's module names
+    hf              conversion to and from transformers' GPT2LMHeadModel
+    tokenizer       load_tokenizer: the blog's Hub tokenizer, or the bundled fallback
+    tokenizer_train how the bundled tokenizer was trained (reproducible)
+    data            bundled texts, user files, the target shift, corpus batches
+    training        TrainConfig, train_step, fit, the 25 % points
+    evaluation      perplexity, reconstruction, continuation
+    checkpoint      atomic save / checked load
+    train           the command line: python -m nanogpt_lib.train
+"""
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .config import GPTConfig, part1_config
+from .data import (
+    bundled_corpus,
+    bundled_paragraph,
+    encode,
+    read_text,
+    sample_batch,
+    shift_targets,
+    train_val_split,
+)
+from .evaluation import continue_text, eval_mode, evaluate, reconstruct
+from .model import GPT, IGNORE_INDEX
+from .tokenizer import HUB_TOKENIZER, load_tokenizer
+from .training import History, TrainConfig, fit, is_quarter, make_optimizer, quarter_points, train_step
+
+__all__ = [
+    "GPT", "GPTConfig", "IGNORE_INDEX", "HUB_TOKENIZER", "Checkpoint", "CheckpointError", "History",
+    "TrainConfig", "bundled_corpus", "bundled_paragraph", "continue_text", "encode", "eval_mode",
+    "evaluate", "fit", "is_quarter", "load_checkpoint", "load_tokenizer", "make_optimizer",
+    "part1_config", "quarter_points", "read_text", "reconstruct", "sample_batch", "save_checkpoint",
+    "shift_targets", "train_step", "train_val_split",
+]

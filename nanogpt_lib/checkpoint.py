@@ -1,0 +1,122 @@
+"""Checkpoints: model weights, config, optimizer state, history and tokenizer name in one file.
+
+Saved with `torch.save` to a temporary file in the same folder and renamed into place
+(`os.replace` is atomic), so a crash never leaves a half-written checkpoint under the real name.
+Loaded with `weights_only=True`: the file holds only tensors and plain Python values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_path
+from .config import GPTConfig
+from .model import GPT
+from .training import History, TrainConfig
+
+FORMAT = "nanogpt_lib.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or made for another model."""
+
+
+@dataclass
+class Checkpoint:
+    model: GPT
+    config: GPTConfig
+    tokenizer_name: str | None
+    history: History | None
+    train_config: TrainConfig | None
+    optimizer_state: dict | None
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: GPT,
+    optimizer: torch.optim.Optimizer | None = None,
+    history: History | None = None,
+    tokenizer_name: str | None = None,
+    train_config: TrainConfig | None = None,
+) -> Path:
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "history": history.to_dict() if history is not None else None,
+        "tokenizer_name": tokenizer_name,
+        "train_config": train_config.to_dict() if train_config is not None else None,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: GPT | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint. With `model`, its config must equal the saved one and its weights are
+    replaced; otherwise a new `GPT` is built from the saved config. With `optimizer`, its state is
+    restored too."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, foreign pickle...
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a nanogpt_lib checkpoint "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a nanogpt_lib checkpoint (no '{FORMAT}' marker)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint version {payload.get('version')!r}; this library reads {VERSION}"
+        )
+    try:
+        saved = GPTConfig.from_dict(payload["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r} holds an invalid model config: {err}") from None
+    if model is None:
+        model = GPT(saved).to(map_location)
+    elif model.config != saved:
+        diffs = [
+            f"{k}: file {v!r} vs model {getattr(model.config, k)!r}"
+            for k, v in saved.to_dict().items()
+            if getattr(model.config, k) != v
+        ]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was made for another config ({'; '.join(diffs)}); "
+            f"load it without a model to rebuild the saved one"
+        )
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as err:
+        raise CheckpointError(f"weights in {str(path)!r} do not fit the model: {str(err)[:300]}") from None
+    if optimizer is not None:
+        if payload["optimizer"] is None:
+            raise CheckpointError(f"checkpoint {str(path)!r} has no optimizer state to restore")
+        optimizer.load_state_dict(payload["optimizer"])
+    history = History.from_dict(payload["history"]) if payload["history"] is not None else None
+    train_config = payload["train_config"]
+    if train_config is not None:
+        train_config = TrainConfig(**{**train_config, "betas": tuple(train_config["betas"])})
+    return Checkpoint(
+        model=model,
+        config=saved,
+        tokenizer_name=payload["tokenizer_name"],
+        history=history,
+        train_config=train_config,
+        optimizer_state=payload["optimizer"],
+    )

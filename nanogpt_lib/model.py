@@ -1,0 +1,245 @@
+"""GPT-2 as a small, readable PyTorch module.
+
+Module and parameter names follow GPT-2 (`transformer.wte`, `transformer.h.0.attn.c_attn`, ...),
+so a state dict maps one to one onto Hugging Face's `GPT2LMHeadModel` (see `nanogpt_lib.hf`).
+
+Shapes use B = batch, T = sequence length, C = n_embd, H = n_head, D = C // H, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+IGNORE_INDEX = -1  # target value that the loss skips (the last position of the shifted targets)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        # split the channels into heads: (B, T, C) -> (B, H, T, D)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # softmax(q k^T / sqrt(D) + causal mask) v, fused by PyTorch
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: C -> 4C -> GELU (tanh form, as GPT-2) -> C."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output projection reuses the token embedding matrix.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections start smaller, std 0.02 / sqrt(2 * n_layer), so the
+        # residual stream's variance does not grow with depth (two additions per block).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position, (B, T, V), and the mean cross-entropy when targets are given.
+
+        Targets equal to -1 are ignored by the loss (the seed's shifted last position).
+        """
+        self._check_inputs(idx, targets)
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss
+
+    def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
+        cfg = self.config
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or not _is_integer(idx):
+            got = (
+                f"shape {tuple(idx.shape)} dtype {idx.dtype}"
+                if isinstance(idx, torch.Tensor)
+                else type(idx).__name__
+            )
+            raise ValueError(f"idx must be a 2-D integer tensor of token ids (B, T); got {got}")
+        B, T = idx.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"idx is empty (shape {tuple(idx.shape)}); it needs at least one token")
+        if T > cfg.block_size:
+            raise ValueError(
+                f"sequence length T={T} exceeds block_size={cfg.block_size}; "
+                f"pass at most block_size tokens (e.g. idx[:, -{cfg.block_size}:])"
+            )
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size}); "
+                f"was idx made by a tokenizer with a larger vocabulary than vocab_size={cfg.vocab_size}?"
+            )
+        if targets is None:
+            return
+        if not isinstance(targets, torch.Tensor) or not _is_integer(targets):
+            raise ValueError("targets must be an integer tensor of token ids (or -1 to ignore)")
+        if targets.shape != idx.shape:
+            raise ValueError(
+                f"targets have shape {tuple(targets.shape)} but idx has shape {tuple(idx.shape)}; "
+                f"they must match (one target per input position)"
+            )
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < IGNORE_INDEX or hi >= cfg.vocab_size:
+            bad = lo if lo < IGNORE_INDEX else hi
+            raise ValueError(
+                f"target {bad} is not allowed: targets must be ids in [0, {cfg.vocab_size}) "
+                f"or {IGNORE_INDEX} (ignored by the loss)"
+            )
+
+    # --------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append `max_new_tokens` sampled tokens to idx (B, T) and return (B, T + max_new_tokens).
+
+        The context is cropped to the last block_size tokens. Logits are divided by `temperature`
+        (> 0) and, with `top_k`, restricted to the k most likely tokens (k is clamped to the
+        vocabulary); `top_k=1` is greedy decoding. Dropout follows the module's mode: call
+        `model.eval()` first for deterministic greedy output.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+        if not isinstance(temperature, (int, float)) or not temperature > 0 or math.isinf(temperature):
+            raise ValueError(
+                f"temperature={temperature!r} is not allowed: it must be a finite number > 0 "
+                f"(use top_k=1 for greedy decoding)"
+            )
+        if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k={top_k!r} is not allowed: it must be None or an integer >= 1")
+            top_k = min(top_k, self.config.vocab_size)
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size :]  # (B, <=block_size)
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature  # (B, V): only the last position predicts
+            if top_k == 1:
+                idx_next = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                if top_k is not None:
+                    kth = torch.topk(logits, top_k).values[:, -1:]  # (B, 1): k-th largest logit
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)  # (B, V)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    # -------------------------------------------------------------- accounting
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (the tied wte/lm_head matrix counted once).
+
+        With `non_embedding=True`, the token and position embeddings are left out (Kaplan et al.'s
+        N, the count that scaling laws use).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
+        """Estimated FLOPs per token (multiply and add counted as 2), as in the PaLM appendix.
+
+        Forward: 2 x (weights used in matrix products, lm_head included) plus attention's
+        q k^T and (att) v, 2 x 2 x T x C per layer (no discount for the causal mask).
+        Training (forward + backward) costs three forward passes.
+        """
+        T = self.config.block_size if seq_len is None else seq_len
+        matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        forward = 2 * matmul_weights + 4 * self.config.n_layer * T * self.config.n_embd
+        return 3 * forward if training else forward
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool

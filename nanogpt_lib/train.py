@@ -1,0 +1,139 @@
+"""Part 1 from the command line: overfit one paragraph and watch the pipeline work.
+
+    python -m nanogpt_lib.train                 # the seed post's run on the bundled paragraph
+    python -m nanogpt_lib.train --help          # every option
+
+Prints the initial loss and perplexity (expect about ln(vocab_size) and vocab_size), then at each
+25 % of the epochs: training loss, eval-mode loss and perplexity, reconstruction accuracy and text,
+and a greedy continuation of the first tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .config import GPTConfig, part1_config
+from .data import bundled_paragraph, encode, read_text, shift_targets
+from .evaluation import continue_text, evaluate, reconstruct
+from .model import GPT
+from .tokenizer import HUB_TOKENIZER, load_tokenizer
+from .training import History, TrainConfig, fit, make_optimizer
+
+_P1 = part1_config(vocab_size=GPTConfig.vocab_size)  # the vocabulary comes from the tokenizer
+_TC = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nanogpt_lib.train",
+        description="Train a small GPT on one text until it memorises it (Part 1 of 'NanoGPT ao nanoMoE').",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--text-file", type=Path, default=None,
+                      help="UTF-8 text to memorise (default: the bundled Portuguese paragraph)")
+    data.add_argument("--tokenizer", default=HUB_TOKENIZER,
+                      help="Hugging Face tokenizer id or local folder; falls back to the bundled one when unavailable")
+    model = p.add_argument_group("model (GPTConfig)")
+    model.add_argument("--block-size", type=int, default=_P1.block_size, help="context length in tokens")
+    model.add_argument("--n-layer", type=int, default=_P1.n_layer, help="Transformer blocks")
+    model.add_argument("--n-head", type=int, default=_P1.n_head, help="attention heads (must divide --n-embd)")
+    model.add_argument("--n-embd", type=int, default=_P1.n_embd, help="embedding width")
+    model.add_argument("--dropout", type=float, default=_P1.dropout, help="dropout probability in [0, 1)")
+    model.add_argument("--bias", action=argparse.BooleanOptionalAction, default=_P1.bias,
+                       help="biases in Linear and LayerNorm layers")
+    train = p.add_argument_group("training (TrainConfig)")
+    train.add_argument("--epochs", type=int, default=_TC.epochs, help="optimisation steps on the whole text")
+    train.add_argument("--lr", type=float, default=_TC.lr, help="AdamW learning rate")
+    train.add_argument("--weight-decay", type=float, default=_TC.weight_decay, help="AdamW weight decay")
+    train.add_argument("--beta1", type=float, default=_TC.betas[0], help="AdamW beta1")
+    train.add_argument("--beta2", type=float, default=_TC.betas[1], help="AdamW beta2")
+    train.add_argument("--cont-prefix-tokens", type=int, default=_TC.cont_prefix_tokens,
+                       help="prefix tokens given to the continuation test")
+    train.add_argument("--cont-new-tokens", type=int, default=_TC.cont_new_tokens,
+                       help="tokens generated in the continuation test")
+    train.add_argument("--seed", type=int, default=_TC.seed, help="random seed (weights, dropout)")
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    run.add_argument("--checkpoint", type=Path, default=None, help="save model, optimizer and history here at the end")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} asks for CUDA, but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def run(args: argparse.Namespace) -> History:
+    device = resolve_device(args.device)
+    train_config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
+        cont_prefix_tokens=args.cont_prefix_tokens, cont_new_tokens=args.cont_new_tokens, seed=args.seed,
+    )
+    tokenizer = load_tokenizer(args.tokenizer)
+    text = read_text(args.text_file) if args.text_file is not None else bundled_paragraph()
+    config = GPTConfig(
+        block_size=args.block_size, vocab_size=len(tokenizer), n_layer=args.n_layer, n_head=args.n_head,
+        n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
+    )
+    ids = encode(tokenizer, text, config.block_size).to(device)  # (1, T)
+    targets = shift_targets(ids)  # (1, T), last position -1
+    torch.manual_seed(train_config.seed)
+    model = GPT(config).to(device)
+    print(f"Device {device}; text of {ids.shape[1]} tokens; model {model.num_params():,} parameters "
+          f"({model.num_params(non_embedding=True):,} without embeddings)")
+
+    start = evaluate(model, ids, targets)
+    print(f"Initial loss {start.loss:.4f} (ln(vocab_size) = {math.log(config.vocab_size):.4f}), "
+          f"perplexity {start.perplexity:,.1f} (vocab_size = {config.vocab_size:,})")
+    first = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, max_new_tokens=10)
+    print(f"Before training, {first.prefix!r} continues as {first.generated!r}")
+
+    def on_quarter(epoch: int, percent: int, history: History) -> dict:
+        report = evaluate(model, ids, targets)
+        rec = reconstruct(model, ids, targets, tokenizer)
+        cont = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, train_config.cont_new_tokens)
+        print(f"\n[{percent:3d}%] epoch {epoch}/{train_config.epochs}: train loss {history.loss[-1]:.4f} | "
+              f"eval loss {report.loss:.4f}, perplexity {report.perplexity:.3f} | "
+              f"reconstruction {rec.accuracy:.1%}")
+        print(f"  reconstruction: {rec.text!r}")
+        print(f"  continuation:   {cont.prefix!r} + {cont.generated!r}")
+        return {"eval_loss": report.loss, "eval_perplexity": report.perplexity,
+                "reconstruction_accuracy": rec.accuracy, "reconstruction": rec.text,
+                "continuation": cont.generated}
+
+    optimizer = make_optimizer(model, train_config)
+    history = fit(model, (ids, targets), train_config, optimizer, on_quarter=on_quarter, progress=args.progress)
+    if args.checkpoint is not None:
+        path = save_checkpoint(args.checkpoint, model, optimizer, history, tokenizer.name_or_path, train_config)
+        print(f"\nCheckpoint saved to {path}")
+    return history
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

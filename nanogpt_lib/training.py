@@ -1,0 +1,152 @@
+"""Training: the seed post's hyper-parameters, one optimisation step, and the epoch loop.
+
+An "epoch" in Part 1 is one step on the whole paragraph (a single batch). `fit` also accepts a
+function that returns a fresh batch for each step, which is how the corpus is trained later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 500
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.95)
+    cont_prefix_tokens: int = 10  # prefix kept for the continuation test
+    cont_new_tokens: int = 25  # tokens generated after the prefix
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("cont_prefix_tokens", self.cont_prefix_tokens)
+        _positive_int("cont_new_tokens", self.cont_new_tokens)
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"TrainConfig.lr={self.lr!r} is not allowed: it must be a finite number > 0")
+        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} is not allowed: it must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas={self.betas!r} is not allowed: two numbers in [0, 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"TrainConfig.seed={self.seed!r} is not allowed: it must be an integer")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"TrainConfig.{name}={value!r} is not allowed: it must be an integer >= 1")
+
+
+# ---------------------------------------------------------------- 25 % points
+def quarter_points(total: int) -> dict[int, int]:
+    """{epoch: percent} for the 25/50/75/100 % evaluation points of a run of `total` epochs.
+
+    Epoch q/4 * total rounded up, so each point is reached at or after its share of the run.
+    Works when total is not a multiple of 4 (10 -> 3, 5, 8, 10) and when total < 4 (2 -> 1, 2:
+    two quarters fall on the same epoch, and the later percentage names it).
+    """
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ValueError(f"total epochs={total!r} must be an integer >= 1")
+    return {math.ceil(q * total / 4): 25 * q for q in range(1, 5)}
+
+
+def is_quarter(epoch: int, total: int) -> bool:
+    """True when the 1-based `epoch` is one of the 25 % evaluation points of `total` epochs."""
+    return epoch in quarter_points(total)
+
+
+# -------------------------------------------------------------------- steps
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (and embeddings) only, none on biases and LayerNorm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
+    """One step: forward, loss, backward, update. Returns the loss before the update."""
+    x, y = batch
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    _, loss = model(x, targets=y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+# ---------------------------------------------------------------------- fit
+@dataclass
+class History:
+    """Per-epoch training loss and perplexity (dropout on), plus what the callbacks added."""
+
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    quarters: list[dict] = field(default_factory=list)  # one record per 25 % point
+
+    @property
+    def perplexity(self) -> list[float]:
+        return [math.exp(v) for v in self.loss]
+
+    def to_dict(self) -> dict:
+        return {"epoch": list(self.epoch), "loss": list(self.loss), "quarters": list(self.quarters)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        return cls(epoch=list(d["epoch"]), loss=list(d["loss"]), quarters=list(d.get("quarters", [])))
+
+
+QuarterCallback = Callable[[int, int, "History"], "dict | None"]
+
+
+def fit(
+    model: torch.nn.Module,
+    data: Batch | Callable[[int], Batch],
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_quarter: QuarterCallback | None = None,
+    progress: bool = True,
+    history: History | None = None,
+) -> History:
+    """Train for `config.epochs` steps and return the loss history.
+
+    `data` is one fixed batch (x, y) or a function `epoch -> (x, y)`. At each 25 % point
+    `on_quarter(epoch, percent, history)` is called; a dict it returns is stored in
+    `history.quarters`. The global torch RNG is seeded with `config.seed` first, so dropout (and a
+    batch function using the global RNG) repeat exactly on the same machine.
+    """
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
+    history = history if history is not None else History()
+    points = quarter_points(config.epochs)
+    get_batch = data if callable(data) else (lambda _epoch: data)
+    torch.manual_seed(config.seed)
+    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        loss = train_step(model, optimizer, get_batch(epoch))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at epoch {epoch}; try a lower learning rate")
+        history.epoch.append(epoch)
+        history.loss.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if epoch in points and on_quarter is not None:
+            record = on_quarter(epoch, points[epoch], history)
+            if record is not None:
+                history.quarters.append({"epoch": epoch, "percent": points[epoch], **record})
+    bar.close()
+    return history

@@ -1,0 +1,26 @@
+import os
+
+# The tests never reach for the network: the tokenizer loader must decide "offline" at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from nanogpt_lib import GPT, GPTConfig, load_tokenizer  # noqa: E402
+from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_DIR  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer(str(BUNDLED_TOKENIZER_DIR), verbose=False)
+
+
+@pytest.fixture
+def tiny_config():
+    return GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return GPT(tiny_config)
