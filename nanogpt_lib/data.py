@@ -50,7 +50,25 @@ def corpus_files() -> list[Path]:
 
 def bundled_corpus() -> str:
     """All topics of the bundled corpus, joined by blank lines (original Portuguese prose)."""
-    return "\n\n".join(read_text(p).strip() for p in corpus_files()) + "\n"
+    return _join(corpus_files())
+
+
+def load_corpus(path: str | Path | None = None) -> str:
+    """The bundled corpus, or a user's: one UTF-8 file, or a folder whose *.txt files are joined
+    in name order."""
+    if path is None:
+        return bundled_corpus()
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"corpus folder {str(path)!r} has no .txt files")
+        return _join(files)
+    return read_text(path)
+
+
+def _join(files: list[Path]) -> str:
+    return "\n\n".join(read_text(p).strip() for p in files) + "\n"
 
 
 # ------------------------------------------------------------------------ tokens

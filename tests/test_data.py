@@ -5,6 +5,7 @@ from nanogpt_lib import (
     bundled_corpus,
     bundled_paragraph,
     encode,
+    load_corpus,
     read_text,
     sample_batch,
     shift_targets,
@@ -86,3 +87,18 @@ def test_sample_batch_windows_and_next_tokens():
     assert torch.equal(sample_batch(data, 8, 32, generator=g2)[0], x)
     with pytest.raises(ValueError, match=r"10 tokens are too few for windows of block_size=10"):
         sample_batch(torch.arange(10), 2, 10)
+
+
+def test_a_users_corpus_file_or_folder_replaces_the_bundled_one(tmp_path):
+    assert load_corpus() == bundled_corpus()
+    (tmp_path / "b.txt").write_text("segundo texto\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("primeiro texto", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
+    assert load_corpus(tmp_path) == "primeiro texto\n\nsegundo texto\n"
+    assert load_corpus(tmp_path / "a.txt") == "primeiro texto"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no .txt files"):
+        load_corpus(tmp_path / "empty")
+    (tmp_path / "c.txt").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="c.txt' is not valid UTF-8"):
+        load_corpus(tmp_path)
