@@ -11,18 +11,23 @@ PY := $(VENV)/bin/python
 
 .PHONY: train test setup clean
 
-setup: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
+# the package alone (enough to train), then the test and notebook extras on top
+$(VENV)/.installed-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-core
 	$(PY) -m pip install --quiet -e ".[test,notebooks]"
 	touch $@
 
-train: setup
+setup: $(VENV)/.installed-dev
+
+train: $(VENV)/.installed-core
 	$(PY) -m nanogpt_lib.train $(ARGS)
 
-test: setup
+test: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
