@@ -7,6 +7,7 @@ Loaded with `weights_only=True`: the file holds only tensors and plain Python va
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .training import History, TrainConfig
 
 FORMAT = "nanogpt_lib.checkpoint"
 VERSION = 1
+_KEYS = {"model_config", "model", "optimizer", "history", "tokenizer_name", "train_config"}
 
 
 class CheckpointError(ValueError):
@@ -71,23 +73,28 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    _check_zip_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, foreign pickle...
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a nanogpt_lib checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
-        ) from None
+        raise _corrupt(path, err) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a nanogpt_lib checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint version {payload.get('version')!r}; this library reads {VERSION}"
         )
+    missing = sorted(_KEYS - payload.keys())
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}")
     try:
         saved = GPTConfig.from_dict(payload["model_config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r} holds an invalid model config: {err}") from None
+        history = History.from_dict(payload["history"]) if payload["history"] is not None else None
+        train_config = payload["train_config"]
+        if train_config is not None:
+            train_config = TrainConfig(**{**train_config, "betas": tuple(train_config["betas"])})
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds invalid metadata: {_one_line(err)}") from None
     if model is None:
         model = GPT(saved).to(map_location)
     elif model.config != saved:
@@ -102,16 +109,17 @@ def load_checkpoint(
         )
     try:
         model.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError) as err:
+    except (RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(f"weights in {str(path)!r} do not fit the model: {str(err)[:300]}") from None
     if optimizer is not None:
         if payload["optimizer"] is None:
             raise CheckpointError(f"checkpoint {str(path)!r} has no optimizer state to restore")
-        optimizer.load_state_dict(payload["optimizer"])
-    history = History.from_dict(payload["history"]) if payload["history"] is not None else None
-    train_config = payload["train_config"]
-    if train_config is not None:
-        train_config = TrainConfig(**{**train_config, "betas": tuple(train_config["betas"])})
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"optimizer state in {str(path)!r} does not fit this optimizer: {_one_line(err)}"
+            ) from None
     return Checkpoint(
         model=model,
         config=saved,
@@ -120,3 +128,23 @@ def load_checkpoint(
         train_config=train_config,
         optimizer_state=payload["optimizer"],
     )
+
+
+def _check_zip_integrity(path: Path) -> None:
+    """torch.save writes a zip archive; its CRC-32s catch flipped bytes that torch.load would not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # a damaged archive fails in many ways (BadZipFile, UnicodeDecodeError...)
+        raise _corrupt(path, err) from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {bad!r} fails its CRC check")
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a nanogpt_lib checkpoint ({_one_line(err)})")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__

@@ -17,6 +17,11 @@ import torch
 from .model import IGNORE_INDEX
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), or inf where exp overflows (a loss above ~709 nats: a diverged run)."""
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module):
     """Switch dropout off (and gradients) for the block, then restore the previous mode."""
@@ -40,7 +45,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> LossRe
     with eval_mode(model):
         _, loss = model(x, targets=y)
     value = loss.item()
-    return LossReport(loss=value, perplexity=math.exp(value))
+    return LossReport(loss=value, perplexity=perplexity(value))
 
 
 @dataclass(frozen=True)

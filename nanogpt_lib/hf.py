@@ -72,6 +72,19 @@ def from_hf(hf_model, bias: bool = True) -> GPT:
         raise ValueError(f"n_inner={c.n_inner} is not supported: our MLP width is 4 * n_embd")
     if abs(c.layer_norm_epsilon - 1e-5) > 1e-12:
         raise ValueError(f"layer_norm_epsilon={c.layer_norm_epsilon} is not supported: ours is 1e-5")
+    # attention variants our block does not implement (each changes the logits)
+    for flag, ours in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                       ("reorder_and_upcast_attn", False)):
+        if getattr(c, flag, ours) != ours:
+            raise ValueError(f"{flag}={getattr(c, flag)!r} is not supported: ours is {ours}")
+    if not torch.equal(hf_model.lm_head.weight, hf_model.transformer.wte.weight):
+        raise ValueError(
+            "lm_head.weight differs from transformer.wte.weight (tie_word_embeddings=False): "
+            "our GPT always ties the output projection to the token embedding"
+        )
+    dropouts = {"resid_pdrop": c.resid_pdrop, "embd_pdrop": c.embd_pdrop, "attn_pdrop": c.attn_pdrop}
+    if len(set(dropouts.values())) != 1:
+        raise ValueError(f"dropouts differ ({dropouts}): our GPTConfig has one dropout for all three")
     config = GPTConfig(
         block_size=c.n_positions,
         vocab_size=c.vocab_size,

@@ -115,25 +115,35 @@ class GPT(nn.Module):
         """Logits for every position, (B, T, V), and the mean cross-entropy when targets are given.
 
         Targets equal to -1 are ignored by the loss (the seed's shifted last position).
+        Any integer dtype is accepted (uint16 token files included) and used as int64.
         """
-        self._check_inputs(idx, targets)
-        B, T = idx.shape
+        idx = self._checked_idx(idx)
+        if idx.shape[1] > self.config.block_size:
+            raise ValueError(
+                f"sequence length T={idx.shape[1]} exceeds block_size={self.config.block_size}; "
+                f"pass at most block_size tokens (e.g. idx[:, -{self.config.block_size}:])"
+            )
+        if targets is not None:
+            targets = self._checked_targets(targets, idx.shape)
+        logits = self._logits(idx)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            B, T, V = logits.shape
+            loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """The network itself, on ids already checked: (B, T) -> (B, T, V)."""
+        T = idx.shape[1]
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)  # (B, T, C)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX
-            )
-        return logits, loss
+        return self.lm_head(x)  # (B, T, V)
 
-    def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
-        cfg = self.config
+    def _checked_idx(self, idx: torch.Tensor) -> torch.Tensor:
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or not _is_integer(idx):
             got = (
                 f"shape {tuple(idx.shape)} dtype {idx.dtype}"
@@ -141,37 +151,33 @@ class GPT(nn.Module):
                 else type(idx).__name__
             )
             raise ValueError(f"idx must be a 2-D integer tensor of token ids (B, T); got {got}")
-        B, T = idx.shape
-        if T == 0 or B == 0:
+        if idx.numel() == 0:
             raise ValueError(f"idx is empty (shape {tuple(idx.shape)}); it needs at least one token")
-        if T > cfg.block_size:
+        idx = idx.long()
+        lo, hi = (int(v) for v in torch.aminmax(idx))  # one device sync for both bounds
+        if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(
-                f"sequence length T={T} exceeds block_size={cfg.block_size}; "
-                f"pass at most block_size tokens (e.g. idx[:, -{cfg.block_size}:])"
+                f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {self.config.vocab_size}); "
+                f"was idx made by a tokenizer with a larger vocabulary than vocab_size={self.config.vocab_size}?"
             )
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"token id {bad} is outside the vocabulary [0, {cfg.vocab_size}); "
-                f"was idx made by a tokenizer with a larger vocabulary than vocab_size={cfg.vocab_size}?"
-            )
-        if targets is None:
-            return
+        return idx
+
+    def _checked_targets(self, targets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         if not isinstance(targets, torch.Tensor) or not _is_integer(targets):
             raise ValueError("targets must be an integer tensor of token ids (or -1 to ignore)")
-        if targets.shape != idx.shape:
+        if targets.shape != shape:
             raise ValueError(
-                f"targets have shape {tuple(targets.shape)} but idx has shape {tuple(idx.shape)}; "
+                f"targets have shape {tuple(targets.shape)} but idx has shape {tuple(shape)}; "
                 f"they must match (one target per input position)"
             )
-        lo, hi = int(targets.min()), int(targets.max())
-        if lo < IGNORE_INDEX or hi >= cfg.vocab_size:
-            bad = lo if lo < IGNORE_INDEX else hi
+        targets = targets.long()
+        lo, hi = (int(v) for v in torch.aminmax(targets))
+        if lo < IGNORE_INDEX or hi >= self.config.vocab_size:
             raise ValueError(
-                f"target {bad} is not allowed: targets must be ids in [0, {cfg.vocab_size}) "
-                f"or {IGNORE_INDEX} (ignored by the loss)"
+                f"target {lo if lo < IGNORE_INDEX else hi} is not allowed: targets must be ids in "
+                f"[0, {self.config.vocab_size}) or {IGNORE_INDEX} (ignored by the loss)"
             )
+        return targets
 
     # --------------------------------------------------------------- generation
     @torch.no_grad()
@@ -192,7 +198,9 @@ class GPT(nn.Module):
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-        if not isinstance(temperature, (int, float)) or not temperature > 0 or math.isinf(temperature):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            0 < temperature < math.inf
+        ):
             raise ValueError(
                 f"temperature={temperature!r} is not allowed: it must be a finite number > 0 "
                 f"(use top_k=1 for greedy decoding)"
@@ -201,10 +209,12 @@ class GPT(nn.Module):
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k={top_k!r} is not allowed: it must be None or an integer >= 1")
             top_k = min(top_k, self.config.vocab_size)
+        idx = self._checked_idx(idx)  # once: generated ids are in range by construction
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size :]  # (B, <=block_size)
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature  # (B, V): only the last position predicts
+            logits = self._logits(idx_cond)[:, -1, :]  # (B, V): only the last position predicts
+            # subtract the max before dividing, so a tiny temperature gives 0 and -large, never inf - inf
+            logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
             if top_k == 1:
                 idx_next = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
             else:

@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prefix tokens given to the continuation test")
     train.add_argument("--cont-new-tokens", type=int, default=_TC.cont_new_tokens,
                        help="tokens generated in the continuation test")
+    train.add_argument("--cont-temperature", type=float, default=_TC.cont_temperature,
+                       help="sampling temperature of the continuation test (> 0)")
+    train.add_argument("--cont-top-k", type=int, default=_TC.cont_top_k,
+                       help="top-k of the continuation test (1 = greedy)")
     train.add_argument("--seed", type=int, default=_TC.seed, help="random seed (weights, dropout)")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'")
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> History:
     device = resolve_device(args.device)
     train_config = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
-        cont_prefix_tokens=args.cont_prefix_tokens, cont_new_tokens=args.cont_new_tokens, seed=args.seed,
+        cont_prefix_tokens=args.cont_prefix_tokens, cont_new_tokens=args.cont_new_tokens,
+        cont_temperature=args.cont_temperature, cont_top_k=args.cont_top_k, seed=args.seed,
     )
     tokenizer = load_tokenizer(args.tokenizer)
     text = read_text(args.text_file) if args.text_file is not None else bundled_paragraph()
@@ -102,13 +107,15 @@ def run(args: argparse.Namespace) -> History:
     start = evaluate(model, ids, targets)
     print(f"Initial loss {start.loss:.4f} (ln(vocab_size) = {math.log(config.vocab_size):.4f}), "
           f"perplexity {start.perplexity:,.1f} (vocab_size = {config.vocab_size:,})")
-    first = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, max_new_tokens=10)
+    first = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, max_new_tokens=10,
+                          temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
     print(f"Before training, {first.prefix!r} continues as {first.generated!r}")
 
     def on_quarter(epoch: int, percent: int, history: History) -> dict:
         report = evaluate(model, ids, targets)
         rec = reconstruct(model, ids, targets, tokenizer)
-        cont = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, train_config.cont_new_tokens)
+        cont = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, train_config.cont_new_tokens,
+                             temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
         print(f"\n[{percent:3d}%] epoch {epoch}/{train_config.epochs}: train loss {history.loss[-1]:.4f} | "
               f"eval loss {report.loss:.4f}, perplexity {report.perplexity:.3f} | "
               f"reconstruction {rec.accuracy:.1%}")

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .evaluation import perplexity
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
 
 
@@ -24,24 +26,38 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     cont_prefix_tokens: int = 10  # prefix kept for the continuation test
     cont_new_tokens: int = 25  # tokens generated after the prefix
+    cont_temperature: float = 0.1  # the seed's near-greedy setting...
+    cont_top_k: int | None = 1  # ...top_k=1 makes it exactly greedy
     seed: int = 1337
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
         _positive_int("cont_prefix_tokens", self.cont_prefix_tokens)
         _positive_int("cont_new_tokens", self.cont_new_tokens)
-        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+        if self.cont_top_k is not None:
+            _positive_int("cont_top_k", self.cont_top_k)
+        if not _is_number(self.lr) or not 0 < self.lr < math.inf:
             raise ValueError(f"TrainConfig.lr={self.lr!r} is not allowed: it must be a finite number > 0")
-        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < math.inf:
+        if not _is_number(self.cont_temperature) or not 0 < self.cont_temperature < math.inf:
+            raise ValueError(
+                f"TrainConfig.cont_temperature={self.cont_temperature!r} is not allowed: it must be a finite number > 0"
+            )
+        if not _is_number(self.weight_decay) or not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} is not allowed: it must be >= 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas={self.betas!r} is not allowed: two numbers in [0, 1)")
+        betas = self.betas
+        valid = isinstance(betas, (tuple, list)) and len(betas) == 2
+        if not valid or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"TrainConfig.betas={betas!r} is not allowed: it must be two numbers in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"TrainConfig.seed={self.seed!r} is not allowed: it must be an integer")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive_int(name: str, value) -> None:
@@ -102,7 +118,7 @@ class History:
 
     @property
     def perplexity(self) -> list[float]:
-        return [math.exp(v) for v in self.loss]
+        return [perplexity(v) for v in self.loss]
 
     def to_dict(self) -> dict:
         return {"epoch": list(self.epoch), "loss": list(self.loss), "quarters": list(self.quarters)}
@@ -122,7 +138,6 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     on_quarter: QuarterCallback | None = None,
     progress: bool = True,
-    history: History | None = None,
 ) -> History:
     """Train for `config.epochs` steps and return the loss history.
 
@@ -132,7 +147,7 @@ def fit(
     batch function using the global RNG) repeat exactly on the same machine.
     """
     optimizer = optimizer if optimizer is not None else make_optimizer(model, config)
-    history = history if history is not None else History()
+    history = History()
     points = quarter_points(config.epochs)
     get_batch = data if callable(data) else (lambda _epoch: data)
     torch.manual_seed(config.seed)

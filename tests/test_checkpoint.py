@@ -79,6 +79,42 @@ def test_truncated_and_foreign_files_are_clear_errors(tmp_path, tiny_model):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_flipped_bytes_inside_the_file_are_caught(tmp_path, trained):
+    model, opt, history, cfg = trained
+    path = save_checkpoint(tmp_path / "m.pt", model, opt, history, "tok", cfg)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"is corrupt"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.pop("history"), r"is incomplete: it lacks \['history'\]"),
+    (lambda p: p.update(history={"epoch": [1]}), r"holds invalid metadata: KeyError"),
+    (lambda p: p.update(train_config={"epochs": 3, "betas": [0.9, 0.95], "warmup": 9}), r"invalid metadata: TypeError"),
+    (lambda p: p["model_config"].update(n_head=5), r"invalid metadata: .*not divisible by n_head=5"),
+    (lambda p: p["model"].pop("lm_head.weight"), r"weights in .* do not fit the model"),
+])
+def test_hand_damaged_payloads_are_checkpoint_errors(tmp_path, trained, damage, message):
+    model, opt, history, cfg = trained
+    path = save_checkpoint(tmp_path / "m.pt", model, opt, history, "tok", cfg)
+    payload = torch.load(path, weights_only=True)
+    damage(payload)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_optimizer_state_for_other_parameters_is_refused(tmp_path, trained):
+    model, opt, history, cfg = trained
+    path = save_checkpoint(tmp_path / "m.pt", model, opt, history, "tok", cfg)
+    other = torch.optim.AdamW(GPT(model.config).parameters())  # one group instead of two
+    with pytest.raises(CheckpointError, match="optimizer state in .* does not fit this optimizer"):
+        load_checkpoint(path, model=GPT(model.config), optimizer=other)
+
+
 def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny_model, monkeypatch):
     path = save_checkpoint(tmp_path / "m.pt", tiny_model)
     before = path.read_bytes()

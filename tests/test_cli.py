@@ -48,10 +48,16 @@ def test_default_run_memorises_the_paragraph(tmp_path, capsys):
 def test_a_user_text_file_and_sizes(tmp_path, capsys):
     f = tmp_path / "meu.txt"
     f.write_text("Um texto curto de teste para o modelo aprender.", encoding="utf-8")
+    ck = tmp_path / "out" / "small.pt"
     main(["--text-file", str(f), "--epochs", "4", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-          "--no-progress", "--no-bias", "--cont-prefix-tokens", "3"])
+          "--no-progress", "--no-bias", "--cont-prefix-tokens", "3", "--cont-new-tokens", "5",
+          "--cont-temperature", "2.0", "--cont-top-k", "50", "--checkpoint", str(ck)])
     out = capsys.readouterr().out
     assert "[100%] epoch 4/4" in out and "'Um texto curto'" in out
+    saved = load_checkpoint(ck)
+    assert (saved.config.n_layer, saved.config.n_embd, saved.config.bias) == (1, 32, False)
+    tc = saved.train_config
+    assert (tc.epochs, tc.cont_new_tokens, tc.cont_temperature, tc.cont_top_k) == (4, 5, 2.0, 50)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt_lib import GPT, GPTConfig, continue_text, eval_mode, evaluate, reconstruct, shift_targets
+from nanogpt_lib import GPT, GPTConfig, History, continue_text, eval_mode, evaluate, reconstruct, shift_targets
+from nanogpt_lib.evaluation import perplexity
 
 
 @pytest.fixture
@@ -66,3 +67,10 @@ def test_continuation_keeps_the_prefix_and_is_greedy_by_default(dropout_model, t
     assert a.generated == tokenizer.decode(a.ids[4:])
     with pytest.raises(ValueError, match="prefix_tokens=0"):
         continue_text(dropout_model, x, tokenizer, prefix_tokens=0)
+
+
+def test_perplexity_of_a_diverged_loss_is_inf_not_an_overflow():
+    assert perplexity(0.0) == 1.0
+    assert perplexity(math.log(4096)) == pytest.approx(4096)
+    assert perplexity(800.0) == math.inf
+    assert History(epoch=[1, 2], loss=[1.0, 1000.0]).perplexity == [math.e, math.inf]

@@ -76,9 +76,18 @@ def test_nonzero_biases_cannot_become_a_bias_free_model():
         from_hf(to_hf(ours), bias=False)
 
 
-def test_unsupported_transformers_configs_are_refused():
+@pytest.mark.parametrize("kwargs, message", [
+    ({"activation_function": "relu"}, r"activation_function='relu' is not supported"),
+    ({"n_inner": 40}, r"n_inner=40 is not supported"),
+    ({"scale_attn_weights": False}, r"scale_attn_weights=False is not supported"),
+    ({"scale_attn_by_inverse_layer_idx": True}, r"scale_attn_by_inverse_layer_idx=True is not supported"),
+    ({"tie_word_embeddings": False}, r"lm_head.weight differs from transformer.wte.weight"),
+    ({"attn_pdrop": 0.0}, r"dropouts differ"),
+])
+def test_transformers_models_we_cannot_reproduce_are_refused(kwargs, message):
+    torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2, activation_function="relu",
-        bos_token_id=None, eos_token_id=None))
-    with pytest.raises(ValueError, match=r"activation_function='relu' is not supported"):
+        vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2, bos_token_id=None, eos_token_id=None,
+        **kwargs))
+    with pytest.raises(ValueError, match=message):
         from_hf(hf)

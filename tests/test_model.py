@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from nanogpt_lib import GPT, GPTConfig
+from nanogpt_lib import GPT, GPTConfig, shift_targets
 
 
 def test_forward_returns_logits_for_every_position_and_the_loss(tiny_model, tiny_config):
@@ -60,10 +60,12 @@ def test_gpt2_init_scales_residual_projections():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=8, vocab_size=64, n_layer=8, n_head=4, n_embd=256)
     model = GPT(cfg)
-    proj = model.transformer.h[3].mlp.c_proj.weight
-    fc = model.transformer.h[3].mlp.c_fc.weight
-    assert abs(proj.std().item() - 0.02 / math.sqrt(2 * cfg.n_layer)) < 5e-4
-    assert abs(fc.std().item() - 0.02) < 5e-4
+    scaled = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for proj in (model.transformer.h[3].mlp.c_proj.weight, model.transformer.h[5].attn.c_proj.weight):
+        assert abs(proj.std().item() - scaled) < 5e-4
+    for plain in (model.transformer.h[3].mlp.c_fc.weight, model.transformer.h[0].attn.c_attn.weight,
+                  model.transformer.wte.weight, model.transformer.wpe.weight):
+        assert abs(plain.std().item() - 0.02) < 1e-3
     assert torch.count_nonzero(model.transformer.h[0].attn.c_attn.bias) == 0
 
 
@@ -88,6 +90,17 @@ def test_bias_false_has_no_biases():
 def test_bad_idx_gets_a_clear_error(tiny_model, idx, message):
     with pytest.raises(ValueError, match=message):
         tiny_model(idx)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.uint8, torch.uint16])
+def test_any_integer_dtype_works_for_ids_and_targets(tiny_model, dtype):
+    x = torch.randint(0, 50, (2, 6))
+    y = shift_targets(x)
+    ref_logits, ref_loss = tiny_model(x, targets=y)
+    logits, _ = tiny_model(x.to(dtype))
+    assert_close(logits, ref_logits)
+    _, loss = tiny_model(x, targets=y.to(torch.int32))
+    assert_close(loss, ref_loss)
 
 
 def test_bad_targets_get_a_clear_error(tiny_model):
@@ -134,6 +147,13 @@ def test_generate_top_k_is_clamped_and_restricts_choices(tiny_model, tiny_config
             assert out[0, t] in torch.topk(logits[0, -1], 3).indices
 
 
+def test_generate_with_a_tiny_temperature_is_greedy_not_nan(tiny_model):
+    tiny_model.eval()
+    start = torch.randint(0, 50, (2, 3))
+    out = tiny_model.generate(start, 6, temperature=1e-45, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, tiny_model.generate(start, 6, top_k=1))
+
+
 def test_generate_is_reproducible_with_a_generator(tiny_model):
     tiny_model.eval()
     start = torch.zeros(1, 2, dtype=torch.long)
@@ -148,11 +168,14 @@ def test_generate_is_reproducible_with_a_generator(tiny_model):
     ({"temperature": float("inf")}, r"temperature=inf is not allowed"),
     ({"top_k": 0}, r"top_k=0 is not allowed"),
     ({"max_new_tokens": -1}, r"max_new_tokens=-1"),
+    ({"temperature": True}, r"temperature=True is not allowed"),
+    ({"idx": torch.zeros(4, dtype=torch.long)}, r"idx must be a 2-D integer tensor"),
+    ({"idx": torch.tensor([[1, 99]])}, r"token id 99 is outside the vocabulary"),
 ])
 def test_generate_bad_arguments(tiny_model, kwargs, message):
-    args = {"max_new_tokens": 3, **kwargs}
+    args = {"idx": torch.zeros(1, 2, dtype=torch.long), "max_new_tokens": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
-        tiny_model.generate(torch.zeros(1, 2, dtype=torch.long), **args)
+        tiny_model.generate(**args)
 
 
 def test_parameter_counts_follow_the_formula():

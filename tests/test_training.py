@@ -21,6 +21,8 @@ from nanogpt_lib import (
 def test_train_config_defaults_are_the_seeds():
     c = TrainConfig()
     assert (c.epochs, c.lr, c.weight_decay, c.betas, c.cont_prefix_tokens) == (500, 1e-4, 1e-2, (0.9, 0.95), 10)
+    assert (c.cont_new_tokens, c.cont_temperature, c.cont_top_k) == (25, 0.1, 1)
+    assert TrainConfig(betas=[0.8, 0.9]).betas == (0.8, 0.9)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -31,6 +33,11 @@ def test_train_config_defaults_are_the_seeds():
     ({"betas": (0.9, 1.0)}, r"betas=\(0.9, 1.0\)"),
     ({"cont_prefix_tokens": 0}, r"cont_prefix_tokens=0"),
     ({"seed": 1.5}, r"seed=1.5"),
+    ({"lr": True}, r"lr=True"),
+    ({"betas": 0.9}, r"betas=0.9 .*two numbers"),
+    ({"betas": ("a", "b")}, r"betas=\('a', 'b'\)"),
+    ({"cont_temperature": 0}, r"cont_temperature=0 .*> 0"),
+    ({"cont_top_k": 0}, r"cont_top_k=0"),
 ])
 def test_train_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
