@@ -1,12 +1,14 @@
 # Two commands for a fresh machine (see README.md):
 #   make train   set up .venv and run Part 1 (python -m nanogpt_lib.train)
 #   make test    set up .venv and run the whole test suite (ruff + pytest)
-# The venv gets a CPU build of torch first (TORCH=...), so pip never pulls a multi-GB CUDA build
-# by accident; pass e.g. TORCH=torch to take whatever your platform's default is.
+# torch is installed first, pinned (TORCH=...), from TORCH_INDEX when given: on a Linux machine
+# without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu avoids PyPI's multi-GB CUDA
+# build. To change torch after the first setup, run `make clean` first.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 
 .PHONY: train test setup clean
@@ -14,7 +16,7 @@ PY := $(VENV)/bin/python
 # the package alone (enough to train), then the test and notebook extras on top
 $(VENV)/.installed-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PY) -m pip install --quiet -e .
 	touch $@
 

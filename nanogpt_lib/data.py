@@ -78,7 +78,8 @@ def encode(tokenizer, text: str, block_size: int | None = None) -> torch.Tensor:
     With `block_size`, a text longer than the model's context is an error (Part 1 trains on the
     whole text as one sequence) rather than a silent crop.
     """
-    ids = tokenizer(text, return_tensors="pt")["input_ids"].long()  # (1, T)
+    # verbose=False: a corpus is longer than the tokenizer's model_max_length, and that is fine here
+    ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"].long()  # (1, T)
     if block_size is not None and ids.shape[1] > block_size:
         raise ValueError(
             f"the text has {ids.shape[1]} tokens but block_size is {block_size}; use a shorter "

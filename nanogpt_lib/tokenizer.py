@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,18 +26,30 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def hub_offline_reason(timeout: float = 1.5) -> str | None:
-    """Why the Hugging Face Hub cannot be used right now, or None if it answered a TCP connect."""
+    """Why the Hugging Face Hub cannot be used right now, or None if it answered a TCP connect.
+
+    The connect (DNS look-up included) runs in a daemon thread, so a hanging resolver costs at
+    most `timeout` seconds. Behind an HTTPS proxy, the proxy is what must answer.
+    """
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in _TRUE:
             return f"{var}={os.environ[var]}"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"{host}:{port} unreachable ({type(err).__name__})"
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{host}:{port} unreachable ({type(err).__name__})")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return outcome[0] if outcome else f"{host}:{port} gave no answer within {timeout:g} s"
 
 
 def load_tokenizer(
@@ -44,44 +57,72 @@ def load_tokenizer(
     fallback_dir: str | Path = BUNDLED_TOKENIZER_DIR,
     probe_timeout: float = 1.5,
     verbose: bool = True,
+    expected_vocab_size: int | None = None,
 ):
-    """A `transformers` tokenizer: `name` (a Hub id or a local folder) if it can be loaded, else
-    the tokenizer in `fallback_dir`. Prints one line saying which one and why (unless verbose=False).
+    """A `transformers` tokenizer: `name` (a Hub id, a local folder, or BUNDLED_TOKENIZER_NAME) if
+    it can be loaded, else the tokenizer in `fallback_dir`. Prints one line saying which one and
+    why (unless verbose=False).
 
-    The returned tokenizer's `name_or_path` is what checkpoints record.
+    A `name` that looks like a path (starts with '/', '.', or '~') must exist. With
+    `expected_vocab_size` (e.g. a checkpoint's), a tokenizer of another size is an error rather
+    than a silent mismatch. The returned tokenizer's `name_or_path` is what checkpoints record.
     """
     from transformers import AutoTokenizer
 
+    if name == BUNDLED_TOKENIZER_NAME:
+        tokenizer = _bundled(AutoTokenizer)
+        _say(verbose, f"Tokenizer: the bundled byte-level BPE {BUNDLED_TOKENIZER_NAME} "
+                      f"(vocabulary {len(tokenizer):,} tokens), as requested")
+        return _checked_size(tokenizer, expected_vocab_size)
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise FileNotFoundError(f"tokenizer folder {name!r} does not exist")
     source, reason = _resolve(name, probe_timeout, AutoTokenizer)
     if source is not None:
         tokenizer, where = source
         _say(verbose, f"Tokenizer: {name} ({where}), vocabulary {len(tokenizer):,} tokens")
-        return tokenizer
+        return _checked_size(tokenizer, expected_vocab_size)
     fallback_dir = Path(fallback_dir)
     if not (fallback_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(
             f"could not load tokenizer {name!r} ({reason}) and the fallback folder "
             f"{str(fallback_dir)!r} has no tokenizer.json; run `python -m nanogpt_lib.tokenizer_train`"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(fallback_dir))
     if fallback_dir.resolve() == BUNDLED_TOKENIZER_DIR.resolve():
-        tokenizer.name_or_path = BUNDLED_TOKENIZER_NAME
+        tokenizer = _bundled(AutoTokenizer)
         label = f"the bundled byte-level BPE {BUNDLED_TOKENIZER_NAME}"
     else:
+        tokenizer = AutoTokenizer.from_pretrained(str(fallback_dir.resolve()))
         label = f"the fallback tokenizer in {fallback_dir}"
     _say(
         verbose,
         f"Tokenizer: {label} (vocabulary {len(tokenizer):,} tokens), because {name!r} "
         f"could not be loaded: {reason}",
     )
+    return _checked_size(tokenizer, expected_vocab_size)
+
+
+def _bundled(auto_tokenizer):
+    tokenizer = auto_tokenizer.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
+    tokenizer.name_or_path = BUNDLED_TOKENIZER_NAME
+    return tokenizer
+
+
+def _checked_size(tokenizer, expected: int | None):
+    if expected is not None and len(tokenizer) != expected:
+        raise ValueError(
+            f"tokenizer {tokenizer.name_or_path!r} has {len(tokenizer):,} tokens but {expected:,} are expected "
+            f"(the model was trained with another tokenizer); load that one, e.g. by its recorded name"
+        )
     return tokenizer
 
 
 def _resolve(name: str, probe_timeout: float, auto_tokenizer):
     """((tokenizer, where-it-came-from), None) or (None, reason it could not be loaded)."""
-    if Path(name).is_dir():
+    folder = Path(name).expanduser()
+    if folder.is_dir():
         try:
-            return (auto_tokenizer.from_pretrained(name), "local folder"), None
+            tokenizer = auto_tokenizer.from_pretrained(str(folder.resolve()))
+            return (tokenizer, "local folder"), None
         except (OSError, ValueError) as err:
             return None, f"the folder {name!r} holds no usable tokenizer ({_short(err)})"
     try:  # the Hugging Face cache of a reader who was online once: no network needed

@@ -29,7 +29,8 @@ MIN_FREQUENCY = 2
 SPECIAL_TOKEN = "<|endoftext|>"
 BUNDLED_DIR = Path(__file__).parent / "tokenizer_pt"
 # The files a Hugging Face tokenizer folder needs; written by hand so no library version or
-# timestamp ends up inside them.
+# timestamp ends up inside them. No model_max_length: the tokenizer serves models of any context,
+# and a limit would make transformers warn whenever a whole corpus is encoded.
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -69,7 +70,6 @@ def write_tokenizer_folder(tokenizer, out_dir: str | Path) -> None:
         "eos_token": SPECIAL_TOKEN,
         "unk_token": SPECIAL_TOKEN,
         "add_prefix_space": False,
-        "model_max_length": 1024,
         "clean_up_tokenization_spaces": False,
     }
     special = {"bos_token": SPECIAL_TOKEN, "eos_token": SPECIAL_TOKEN, "unk_token": SPECIAL_TOKEN}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -84,8 +85,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_writable(path: Path) -> None:
+    """Fail before training, not after it, when the checkpoint cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"--checkpoint {str(path)!r} is a folder; give a file name such as {str(path / 'run.pt')!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--checkpoint {str(path)!r}: the folder {str(path.parent)!r} is not writable")
+
+
 def run(args: argparse.Namespace) -> History:
     device = resolve_device(args.device)
+    if args.checkpoint is not None:
+        check_writable(args.checkpoint)
     train_config = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
         cont_prefix_tokens=args.cont_prefix_tokens, cont_new_tokens=args.cont_new_tokens,
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad options, files, folders: one line, no traceback
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 

@@ -67,6 +67,9 @@ def test_a_user_text_file_and_sizes(tmp_path, capsys):
     (["--block-size", "20"], r"the text has \d+ tokens but block_size is 20"),
     (["--text-file", "/no/such/file.txt"], r"'/no/such/file.txt' does not exist"),
     (["--device", "tpu"], r"--device 'tpu'"),
+    (["--checkpoint", "/"], r"--checkpoint '/' is a folder"),
+    (["--checkpoint", "/proc/no/such/x.pt"], r"No such file or directory|Permission denied"),
+    (["--cont-top-k", "0"], r"cont_top_k=0"),
 ])
 def test_bad_options_exit_with_a_one_line_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

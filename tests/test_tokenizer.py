@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,64 @@ def test_training_cli_refuses_a_too_small_vocabulary(capsys):
     with pytest.raises(SystemExit):
         train_main(["--vocab-size", "100", "--out", "/nonexistent"])
     assert "--vocab-size 100 is too small" in capsys.readouterr().err
+
+
+def test_the_name_checkpoints_record_loads_the_bundled_tokenizer_directly(monkeypatch, capsys):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(tk.socket, "create_connection", _no_network)
+    tok = load_tokenizer(BUNDLED_TOKENIZER_NAME, expected_vocab_size=VOCAB_SIZE)
+    assert capsys.readouterr().out.strip().endswith("as requested")
+    assert tok.name_or_path == BUNDLED_TOKENIZER_NAME
+
+
+def test_a_path_that_does_not_exist_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer folder '.*typo' does not exist"):
+        load_tokenizer(str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match=r"tokenizer folder './typo' does not exist"):
+        load_tokenizer("./typo")
+
+
+def test_local_folders_are_recorded_by_their_absolute_path(tmp_path, monkeypatch):
+    shutil.copytree(BUNDLED_TOKENIZER_DIR, tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    tok = load_tokenizer("./tok", verbose=False)
+    assert tok.name_or_path == str(tmp_path / "tok")
+
+
+def test_a_tokenizer_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError, match=r"has 4,096 tokens but 50,257 are expected"):
+        load_tokenizer(expected_vocab_size=50257, verbose=False)
+
+
+def test_the_probe_is_bounded_even_when_the_connect_hangs(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    release = threading.Event()
+
+    def hang(address, timeout):
+        release.wait(10)  # a resolver that does not answer
+        raise OSError("late")
+
+    monkeypatch.setattr(tk.socket, "create_connection", hang)
+    try:
+        assert tk.hub_offline_reason(timeout=0.2) == "huggingface.co:443 gave no answer within 0.2 s"
+    finally:
+        release.set()
+
+
+def test_the_probe_asks_the_proxy_when_one_is_set(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.local:3128")
+    seen = []
+
+    class Conn:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(tk.socket, "create_connection", lambda address, timeout: seen.append(address) or Conn())
+    assert tk.hub_offline_reason() is None
+    assert seen == [("proxy.local", 3128)]
