@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import GPTConfig, part1_config
@@ -128,11 +129,12 @@ def run(args: argparse.Namespace) -> History:
         rec = reconstruct(model, ids, targets, tokenizer)
         cont = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, train_config.cont_new_tokens,
                              temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
-        print(f"\n[{percent:3d}%] epoch {epoch}/{train_config.epochs}: train loss {history.loss[-1]:.4f} | "
-              f"eval loss {report.loss:.4f}, perplexity {report.perplexity:.3f} | "
-              f"reconstruction {rec.accuracy:.1%}")
-        print(f"  reconstruction: {rec.text!r}")
-        print(f"  continuation:   {cont.prefix!r} + {cont.generated!r}")
+        # tqdm.write keeps the progress bar below the text instead of cutting through it
+        tqdm.write(f"\n[{percent:3d}%] epoch {epoch}/{train_config.epochs}: train loss {history.loss[-1]:.4f} | "
+                   f"eval loss {report.loss:.4f}, perplexity {report.perplexity:.3f} | "
+                   f"reconstruction {rec.accuracy:.1%}\n"
+                   f"  reconstruction: {rec.text!r}\n"
+                   f"  continuation:   {cont.prefix!r} + {cont.generated!r}")
         return {"eval_loss": report.loss, "eval_perplexity": report.perplexity,
                 "reconstruction_accuracy": rec.accuracy, "reconstruction": rec.text,
                 "continuation": cont.generated}
