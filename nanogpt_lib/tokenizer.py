@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 HUB_TOKENIZER = "pierreguillou/gpt2-small-portuguese"
 BUNDLED_TOKENIZER_DIR = Path(__file__).parent / "tokenizer_pt"
 BUNDLED_TOKENIZER_NAME = "nanogpt_lib/tokenizer_pt"  # how checkpoints name the fallback
+_BUNDLED_LABEL = f"the bundled byte-level BPE {BUNDLED_TOKENIZER_NAME}"
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -71,8 +72,7 @@ def load_tokenizer(
 
     if name == BUNDLED_TOKENIZER_NAME:
         tokenizer = _bundled(AutoTokenizer)
-        _say(verbose, f"Tokenizer: the bundled byte-level BPE {BUNDLED_TOKENIZER_NAME} "
-                      f"(vocabulary {len(tokenizer):,} tokens), as requested")
+        _say(verbose, f"Tokenizer: {_BUNDLED_LABEL} (vocabulary {len(tokenizer):,} tokens), as requested")
         return _checked_size(tokenizer, expected_vocab_size)
     if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
         raise FileNotFoundError(f"tokenizer folder {name!r} does not exist")
@@ -89,7 +89,7 @@ def load_tokenizer(
         )
     if fallback_dir.resolve() == BUNDLED_TOKENIZER_DIR.resolve():
         tokenizer = _bundled(AutoTokenizer)
-        label = f"the bundled byte-level BPE {BUNDLED_TOKENIZER_NAME}"
+        label = _BUNDLED_LABEL
     else:
         tokenizer = AutoTokenizer.from_pretrained(str(fallback_dir.resolve()))
         label = f"the fallback tokenizer in {fallback_dir}"

@@ -120,15 +120,17 @@ def run(args: argparse.Namespace) -> History:
     start = evaluate(model, ids, targets)
     print(f"Initial loss {start.loss:.4f} (ln(vocab_size) = {math.log(config.vocab_size):.4f}), "
           f"perplexity {start.perplexity:,.1f} (vocab_size = {config.vocab_size:,})")
-    first = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, max_new_tokens=10,
-                          temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
+    def continuation(max_new_tokens: int):
+        return continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, max_new_tokens,
+                             temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
+
+    first = continuation(10)
     print(f"Before training, {first.prefix!r} continues as {first.generated!r}")
 
     def on_quarter(epoch: int, percent: int, history: History) -> dict:
         report = evaluate(model, ids, targets)
         rec = reconstruct(model, ids, targets, tokenizer)
-        cont = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, train_config.cont_new_tokens,
-                             temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
+        cont = continuation(train_config.cont_new_tokens)
         # tqdm.write keeps the progress bar below the text instead of cutting through it
         tqdm.write(f"\n[{percent:3d}%] epoch {epoch}/{train_config.epochs}: train loss {history.loss[-1]:.4f} | "
                    f"eval loss {report.loss:.4f}, perplexity {report.perplexity:.3f} | "

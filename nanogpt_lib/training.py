@@ -36,12 +36,8 @@ class TrainConfig:
         _positive_int("cont_new_tokens", self.cont_new_tokens)
         if self.cont_top_k is not None:
             _positive_int("cont_top_k", self.cont_top_k)
-        if not _is_number(self.lr) or not 0 < self.lr < math.inf:
-            raise ValueError(f"TrainConfig.lr={self.lr!r} is not allowed: it must be a finite number > 0")
-        if not _is_number(self.cont_temperature) or not 0 < self.cont_temperature < math.inf:
-            raise ValueError(
-                f"TrainConfig.cont_temperature={self.cont_temperature!r} is not allowed: it must be a finite number > 0"
-            )
+        _positive_finite("lr", self.lr)
+        _positive_finite("cont_temperature", self.cont_temperature)
         if not _is_number(self.weight_decay) or not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} is not allowed: it must be >= 0")
         betas = self.betas
@@ -58,6 +54,11 @@ class TrainConfig:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_finite(name: str, value) -> None:
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise ValueError(f"TrainConfig.{name}={value!r} is not allowed: it must be a finite number > 0")
 
 
 def _positive_int(name: str, value) -> None:
