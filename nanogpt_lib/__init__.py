@@ -7,7 +7,12 @@
     tokenizer_train how the bundled tokenizer was trained (reproducible)
     data            bundled texts, user files, the target shift, corpus batches
     training        TrainConfig, train_step, fit, the 25 % points
-    evaluation      perplexity, reconstruction, continuation
+    evaluation      perplexity, reconstruction, continuation, per-position probabilities
+    checkup         the 25 % check-up shared by the command line and the notebooks
+    costs           parameters, FLOPs, memory and forward time of a configuration
+    experiments     small sweeps the notebooks run (capacity vs cost)
+    plots           the notebooks' matplotlib figures
+    widgets         slider callbacks and their ipywidgets wiring
     checkpoint      atomic save / checked load
     train           the command line: python -m nanogpt_lib.train
 """

@@ -109,3 +109,28 @@ def continue_text(
         generated=tokenizer.decode(new),
         ids=out[0].tolist(),
     )
+
+
+@dataclass(frozen=True)
+class PositionReport:
+    """Per predicted position t of one sequence: how much probability went to the true next token."""
+
+    target_prob: list[float]  # p(x_{t+1} | x_{<=t})
+    loss: list[float]  # -ln of it: the loss is their mean
+    correct: list[bool]  # argmax == target (what reconstruction counts)
+
+
+def position_report(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> PositionReport:
+    """Eval-mode probability of each target of the first row of x (1, T), ignored positions left out."""
+    with eval_mode(model):
+        logits, _ = model(x[:1])
+    logp = torch.log_softmax(logits[0].float(), dim=-1)  # (T, V)
+    mask = y[0] != IGNORE_INDEX  # (T,)
+    target = y[0][mask]  # (P,)
+    target_logp = logp[mask].gather(1, target[:, None])[:, 0]  # (P,)
+    correct = logp[mask].argmax(dim=-1) == target  # (P,)
+    return PositionReport(
+        target_prob=target_logp.exp().tolist(),
+        loss=(-target_logp).tolist(),
+        correct=correct.tolist(),
+    )

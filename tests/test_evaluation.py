@@ -74,3 +74,36 @@ def test_perplexity_of_a_diverged_loss_is_inf_not_an_overflow():
     assert perplexity(math.log(4096)) == pytest.approx(4096)
     assert perplexity(800.0) == math.inf
     assert History(epoch=[1, 2], loss=[1.0, 1000.0]).perplexity == [math.e, math.inf]
+
+
+def test_position_report_matches_the_loss_and_the_reconstruction(dropout_model, tokenizer):
+    from nanogpt_lib.evaluation import position_report
+
+    x = tokenizer("Nas manhãs de inverno, a neblina desce devagar sobre o vale.", return_tensors="pt")["input_ids"]
+    y = shift_targets(x)
+    dropout_model.train()
+    rep = position_report(dropout_model, x, y)
+    assert len(rep.target_prob) == len(rep.loss) == len(rep.correct) == x.shape[1] - 1
+    torch.testing.assert_close(torch.tensor(rep.loss).mean(), torch.tensor(evaluate(dropout_model, x, y).loss))
+    torch.testing.assert_close(torch.tensor(rep.target_prob), torch.exp(-torch.tensor(rep.loss)))
+    assert rep.correct == reconstruct(dropout_model, x, y, tokenizer).correct
+    assert dropout_model.training  # the mode is restored
+
+
+def test_checkup_bundles_the_three_measurements(dropout_model, tokenizer):
+    from nanogpt_lib import TrainConfig
+    from nanogpt_lib.checkup import checkup
+
+    x = tokenizer("Nas manhãs de inverno, a neblina desce devagar sobre o vale.", return_tensors="pt")["input_ids"]
+    y = shift_targets(x)
+    cfg = TrainConfig(cont_prefix_tokens=4, cont_new_tokens=6)
+    c = checkup(dropout_model, x, y, tokenizer, cfg)
+    assert c.loss == evaluate(dropout_model, x, y)
+    assert c.reconstruction == reconstruct(dropout_model, x, y, tokenizer)
+    assert c.continuation == continue_text(dropout_model, x, tokenizer, 4, 6, temperature=0.1, top_k=1)
+    assert set(c.record()) == {"eval_loss", "eval_perplexity", "reconstruction_accuracy", "reconstruction",
+                               "continuation"}
+    lines = c.describe(epoch=125, total=500, percent=25, train_loss=1.5).splitlines()
+    assert lines[0].startswith("[ 25%] epoch 125/500: train loss 1.5000 | eval loss ")
+    assert lines[1] == f"  reconstruction: {c.reconstruction.text!r}"
+    assert lines[2] == f"  continuation:   {c.continuation.prefix!r} + {c.continuation.generated!r}"

@@ -1,0 +1,91 @@
+"""Slider callbacks for the notebooks. Each callback is a plain function that returns text (tested
+without a browser); the `*_explorer` functions only wire it to `ipywidgets.interactive`."""
+
+from __future__ import annotations
+
+import ipywidgets as W
+import torch
+from IPython.display import Markdown
+
+from .config import GPTConfig
+from .costs import format_bytes, format_count, model_cost, time_forward
+from .evaluation import continue_text
+from .model import GPT
+
+
+# ------------------------------------------------------------------ 01_config
+def config_report(
+    n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int, measure_time: bool = True
+) -> str:
+    """A Markdown table of what the configuration costs, or the library's error when it is impossible."""
+    try:
+        config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                           n_embd=n_embd, dropout=0.0)
+    except ValueError as err:
+        return f"**Impossible configuration.** {err}"
+    cost = model_cost(config)
+    rows = [
+        ("parameters (total)", f"{cost.params:,}"),
+        ("parameters without embeddings", f"{cost.non_embedding_params:,}"),
+        ("head size (n_embd / n_head)", f"{config.head_size}"),
+        (f"training FLOPs per token (T={block_size})", format_count(cost.train_flops_per_token)),
+        ("fp32 weights", format_bytes(cost.weight_bytes)),
+        ("weights + gradients + AdamW state", format_bytes(cost.training_bytes)),
+    ]
+    if measure_time:
+        with torch.random.fork_rng():  # building the model must not move the notebook's random state
+            torch.manual_seed(0)
+            model = GPT(config)
+        ms = time_forward(model, batch_size=1, repeats=3)
+        rows.append((f"forward pass, 1 x {block_size} tokens (measured here)", f"{ms:.1f} ms"))
+    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def config_explorer(vocab_size: int, measure_time: bool = True, defaults: GPTConfig | None = None) -> W.interactive:
+    """Sliders for n_layer, n_head, n_embd and block_size; the table updates when one moves."""
+    d = defaults or GPTConfig(block_size=100, vocab_size=vocab_size, n_layer=4, n_head=4, n_embd=128)
+    style = {"description_width": "90px"}
+
+    def show(n_layer, n_head, n_embd, block_size):
+        return Markdown(config_report(n_layer, n_head, n_embd, block_size, vocab_size, measure_time))
+
+    return W.interactive(
+        show,
+        {"auto_display": True},
+        n_layer=W.IntSlider(value=d.n_layer, min=1, max=12, description="n_layer", style=style),
+        n_head=W.IntSlider(value=d.n_head, min=1, max=16, description="n_head", style=style),
+        n_embd=W.IntSlider(value=d.n_embd, min=16, max=768, step=16, description="n_embd", style=style),
+        block_size=W.IntSlider(value=d.block_size, min=16, max=1024, step=4, description="block_size", style=style),
+    )
+
+
+# -------------------------------------------------------------------- 04_eval
+def continuation_report(
+    model: GPT, ids: torch.Tensor, tokenizer, temperature: float, top_k: int, seed: int,
+    prefix_tokens: int = 10, new_tokens: int = 25,
+) -> str:
+    """The prefix and what the model writes after it; top_k=0 means no top-k filter."""
+    generator = torch.Generator(device=ids.device).manual_seed(seed)
+    cont = continue_text(model, ids, tokenizer, prefix_tokens, new_tokens, temperature=temperature,
+                         top_k=top_k or None, generator=generator)
+    mode = "greedy (top_k=1)" if top_k == 1 else f"sampled, temperature {temperature:g}, top_k {top_k or 'off'}"
+    return f"**{mode}, seed {seed}**\n\n> *{cont.prefix}* **{cont.generated}**"
+
+
+def continuation_explorer(model: GPT, ids: torch.Tensor, tokenizer, prefix_tokens: int = 10,
+                          new_tokens: int = 25) -> W.interactive:
+    """Sliders for temperature, top-k (0 = off) and the sampling seed; the text is generated again
+    when one moves."""
+    style = {"description_width": "90px"}
+
+    def show(temperature, top_k, seed):
+        return Markdown(continuation_report(model, ids, tokenizer, temperature, top_k, seed, prefix_tokens,
+                                            new_tokens))
+
+    return W.interactive(
+        show,
+        {"auto_display": True},
+        temperature=W.FloatSlider(value=1.0, min=0.05, max=2.0, step=0.05, description="temperature", style=style),
+        top_k=W.IntSlider(value=0, min=0, max=50, description="top_k (0=off)", style=style),
+        seed=W.IntSlider(value=0, min=0, max=20, description="seed", style=style),
+    )
