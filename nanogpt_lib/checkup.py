@@ -53,3 +53,16 @@ def checkup(
             temperature=config.cont_temperature, top_k=config.cont_top_k,
         ),
     )
+
+
+def checkup_callback(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor, tokenizer,
+                     config: TrainConfig, write=print):
+    """An `on_quarter` callback for `fit`: runs the check-up, writes its description, and returns
+    its record (stored in `history.quarters`). Pass `write=tqdm.write` under a text progress bar."""
+
+    def on_quarter(epoch: int, percent: int, history) -> dict:
+        result = checkup(model, ids, targets, tokenizer, config)
+        write(result.describe(epoch, config.epochs, percent, history.loss[-1]))
+        return result.record()
+
+    return on_quarter

@@ -63,6 +63,26 @@ def model_cost(config: GPTConfig) -> ModelCost:
     )
 
 
+_GROUPS = (
+    ("wte", "wte (tokens, tied with lm_head)"),
+    ("wpe", "wpe (positions)"),
+    ("attn", "attention (c_attn, c_proj)"),
+    ("mlp", "MLP (c_fc, c_proj)"),
+)
+_NORMS = "LayerNorms (ln_1, ln_2, ln_f)"
+
+
+def param_breakdown(config: GPTConfig) -> dict[str, int]:
+    """Where the parameters live, summed over all blocks (the tied wte / lm_head matrix once)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    groups = dict.fromkeys([label for _, label in _GROUPS] + [_NORMS], 0)
+    for name, p in model.named_parameters():  # e.g. transformer.h.0.attn.c_attn.weight
+        parts = name.split(".")
+        groups[next((label for key, label in _GROUPS if key in parts), _NORMS)] += p.numel()
+    return groups
+
+
 def format_bytes(n: int) -> str:
     """1536 -> '1.5 KiB' (binary units, as memory is sold)."""
     value = float(n)

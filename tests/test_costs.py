@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nanogpt_lib import GPT, GPTConfig, part1_config
-from nanogpt_lib.costs import format_bytes, format_count, model_cost, time_forward
+from nanogpt_lib.costs import format_bytes, format_count, model_cost, param_breakdown, time_forward
 
 
 @pytest.mark.parametrize("config", [
@@ -54,3 +54,15 @@ def test_time_forward(tiny_model):
         time_forward(tiny_model, repeats=0)
     with pytest.raises(ValueError, match="seq_len=17 must be in"):
         time_forward(tiny_model, seq_len=17)
+
+
+def test_param_breakdown_adds_up_and_follows_the_formulas():
+    config = part1_config(4096)
+    parts = param_breakdown(config)
+    assert sum(parts.values()) == model_cost(config).params
+    C, L = config.n_embd, config.n_layer
+    assert parts["wte (tokens, tied with lm_head)"] == 4096 * C
+    assert parts["wpe (positions)"] == config.block_size * C
+    assert parts["attention (c_attn, c_proj)"] == L * (4 * C * C + 4 * C)  # 3C x C + C x C, biases
+    assert parts["MLP (c_fc, c_proj)"] == L * (8 * C * C + 5 * C)  # 4C x C + C x 4C, biases
+    assert parts["LayerNorms (ln_1, ln_2, ln_f)"] == (2 * L + 1) * 2 * C

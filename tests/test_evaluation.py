@@ -107,3 +107,18 @@ def test_checkup_bundles_the_three_measurements(dropout_model, tokenizer):
     assert lines[0].startswith("[ 25%] epoch 125/500: train loss 1.5000 | eval loss ")
     assert lines[1] == f"  reconstruction: {c.reconstruction.text!r}"
     assert lines[2] == f"  continuation:   {c.continuation.prefix!r} + {c.continuation.generated!r}"
+
+
+def test_checkup_callback_writes_and_records(dropout_model, tokenizer):
+    from nanogpt_lib import TrainConfig, fit
+    from nanogpt_lib.checkup import checkup_callback
+
+    x = tokenizer("Nas manhãs de inverno, a neblina desce devagar sobre o vale.", return_tensors="pt")["input_ids"]
+    y = shift_targets(x)
+    cfg = TrainConfig(epochs=4, cont_prefix_tokens=3, cont_new_tokens=4)
+    lines = []
+    history = fit(dropout_model, (x, y), cfg, on_quarter=checkup_callback(dropout_model, x, y, tokenizer, cfg,
+                                                                           write=lines.append), progress=False)
+    assert [q["epoch"] for q in history.quarters] == [1, 2, 3, 4]
+    assert [line.split("]")[0] for line in lines] == ["[ 25%", "[ 50%", "[ 75%", "[100%"]
+    assert history.quarters[-1]["eval_loss"] == evaluate(dropout_model, x, y).loss
