@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (see README.md):
 #   make train   set up .venv and run Part 1 (python -m nanogpt_lib.train)
-#   make test    set up .venv and run the whole test suite (ruff + pytest)
+#   make test    set up .venv and run the whole test suite (ruff + pytest, notebooks included)
+#   make lab     open the notebooks in JupyterLab; make notebooks re-executes them in place
 # torch is installed first, pinned (TORCH=...), from TORCH_INDEX when given: on a Linux machine
 # without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu avoids PyPI's multi-GB CUDA
 # build. To change torch after the first setup, run `make clean` first.
@@ -11,7 +12,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 
-.PHONY: train test setup clean
+.PHONY: train test setup lab notebooks clean
 
 # the package alone (enough to train), then the test and notebook extras on top
 $(VENV)/.installed-core: pyproject.toml
@@ -28,6 +29,14 @@ setup: $(VENV)/.installed-dev
 
 train: $(VENV)/.installed-core
 	$(PY) -m nanogpt_lib.train $(ARGS)
+
+# JupyterLab on the notebooks (make setup first happens automatically)
+lab: $(VENV)/.installed-dev
+	$(PY) -m jupyterlab notebooks/
+
+# re-execute the notebooks in place, so their stored outputs match the library again
+notebooks: $(VENV)/.installed-dev
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.record_timing=False notebooks/0*.ipynb
 
 test: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -22,6 +22,7 @@ from .config import GPTConfig, part1_config
 from .data import (
     bundled_corpus,
     bundled_paragraph,
+    corpus_files,
     encode,
     load_corpus,
     read_text,
@@ -36,7 +37,7 @@ from .training import History, TrainConfig, fit, is_quarter, make_optimizer, qua
 
 __all__ = [
     "GPT", "GPTConfig", "IGNORE_INDEX", "HUB_TOKENIZER", "Checkpoint", "CheckpointError", "History",
-    "TrainConfig", "bundled_corpus", "bundled_paragraph", "continue_text", "encode", "eval_mode",
+    "TrainConfig", "bundled_corpus", "bundled_paragraph", "continue_text", "corpus_files", "encode", "eval_mode",
     "evaluate", "fit", "is_quarter", "load_checkpoint", "load_corpus", "load_tokenizer", "make_optimizer",
     "part1_config", "quarter_points", "read_text", "reconstruct", "sample_batch", "save_checkpoint",
     "shift_targets", "train_step", "train_val_split",

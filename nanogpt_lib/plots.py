@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.ticker import NullFormatter
 
 from .config import GPTConfig
 from .costs import model_cost
@@ -62,13 +63,14 @@ def plot_capacity(results: Sequence) -> Figure:
     """Final loss against parameters and against training seconds, one point per configuration
     (`results` are `experiments.SweepResult`)."""
     fig, (ax_p, ax_s) = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for r in results:
-        ax_p.plot(r.params, r.final_loss, "o")
-        ax_p.annotate(r.name, (r.params, r.final_loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax_s.plot(r.seconds, r.final_loss, "o")
-        ax_s.annotate(r.name, (r.seconds, r.final_loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for i, r in enumerate(results):
+        offset = (5, 5) if i % 2 == 0 else (5, -11)  # alternate above/below so close labels stay apart
+        for ax, x in ((ax_p, r.params), (ax_s, r.seconds)):
+            ax.plot(x, r.final_loss, "o")
+            ax.annotate(r.name, (x, r.final_loss), textcoords="offset points", xytext=offset, fontsize=8)
     ax_p.set(xscale="log", xlabel="parameters (log scale)", ylabel="eval loss after training (nats/token)",
              title="Capacity: loss vs size")
+    ax_p.xaxis.set_minor_formatter(NullFormatter())  # log axis: label the decades only (after set_xscale)
     ax_s.set(xlabel="training time (seconds, this machine)", title="Cost: loss vs time")
     for ax in (ax_p, ax_s):
         ax.grid(alpha=0.3, which="both")
@@ -78,7 +80,7 @@ def plot_capacity(results: Sequence) -> Figure:
 
 def plot_positions(reports: Mapping[str, PositionReport]) -> Figure:
     """p(true next token) at each position, one line per labelled model (e.g. per 25 % point)."""
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.2))
     for label, rep in reports.items():
         acc = sum(rep.correct) / max(len(rep.correct), 1)
         ax.plot(range(1, len(rep.target_prob) + 1), rep.target_prob, lw=1, marker=".",
@@ -86,7 +88,7 @@ def plot_positions(reports: Mapping[str, PositionReport]) -> Figure:
     ax.set(xlabel="predicted position t (target is token t+1)", ylabel="p(true next token)", ylim=(-0.02, 1.02),
            title="How sure the model is of each next token of the paragraph")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="snapshot")
     fig.tight_layout()
     return fig
 

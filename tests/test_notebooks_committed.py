@@ -1,0 +1,38 @@
+"""The notebooks are committed executed: nbval only compares cells that have a stored run, so an
+unexecuted or out-of-order notebook would pass while testing nothing."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_the_part1_notebooks_are_there():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names[:4] == ["01_config", "02_data_shift", "03_training", "04_eval"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_executed_top_to_bottom_without_errors(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), "re-run: make notebooks"
+    for c in code:
+        assert not any(o["output_type"] == "error" for o in c["outputs"])
+        assert not any("ExecuteTime" in c.get("metadata", {}) for c in code)  # record_timing=False
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_ignored_outputs_are_explained_and_library_code_is_not_redefined(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        lines = "".join(cell["source"]).splitlines()
+        if "# NBVAL_IGNORE_OUTPUT" in lines:
+            reason = lines[lines.index("# NBVAL_IGNORE_OUTPUT") + 1]
+            assert reason.startswith("# ("), f"say why the output is not compared: {lines[:2]}"
+        assert not any(line.startswith("class ") for line in lines), "models and configs live in nanogpt_lib"
+        assert "open(" not in "".join(lines), "notebooks write no files"
