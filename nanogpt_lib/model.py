@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .kv_cache import KVCache
 
 IGNORE_INDEX = -1  # target value that the loss skips (the last position of the shifted targets)
 
@@ -29,16 +30,25 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         # split the channels into heads: (B, T, C) -> (B, H, T, D)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        mask, causal = None, True
+        if cache is not None and cache.length > 0:
+            past = cache.length
+            k, v = cache.append(layer, k, v)  # (B, H, past + T, D): the cached tokens, then these
+            causal = False  # SDPA's is_causal aligns the mask top-left; these queries sit bottom-right
+            if T > 1:  # query i (position past + i) sees keys 0 .. past + i
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        elif cache is not None:
+            cache.append(layer, k, v)  # the first tokens: plain causal attention over themselves
         # softmax(q k^T / sqrt(D) + causal mask) v, fused by PyTorch
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -68,8 +78,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
@@ -132,14 +142,18 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def _logits(self, idx: torch.Tensor) -> torch.Tensor:
-        """The network itself, on ids already checked: (B, T) -> (B, T, V)."""
+    def _logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The network itself, on ids already checked: (B, T) -> (B, T, V). With a cache, idx holds
+        only the new tokens, placed after the cache.length tokens already in it."""
         T = idx.shape[1]
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        start = 0 if cache is None else cache.length
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)  # (B, T, C)
+        if cache is not None:
+            cache.advance(T)
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
 
@@ -188,13 +202,15 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Append `max_new_tokens` sampled tokens to idx (B, T) and return (B, T + max_new_tokens).
 
         The context is cropped to the last block_size tokens. Logits are divided by `temperature`
         (> 0) and, with `top_k`, restricted to the k most likely tokens (k is clamped to the
         vocabulary); `top_k=1` is greedy decoding. Dropout follows the module's mode: call
-        `model.eval()` first for deterministic greedy output.
+        `model.eval()` first for deterministic greedy output. `use_cache` keeps the keys and values
+        of past tokens (see `kv_cache.py`): the same tokens, less work; False recomputes everything.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
@@ -210,21 +226,32 @@ class GPT(nn.Module):
                 raise ValueError(f"top_k={top_k!r} is not allowed: it must be None or an integer >= 1")
             top_k = min(top_k, self.config.vocab_size)
         idx = self._checked_idx(idx)  # once: generated ids are in range by construction
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size :]  # (B, <=block_size)
-            logits = self._logits(idx_cond)[:, -1, :]  # (B, V): only the last position predicts
-            # subtract the max before dividing, so a tiny temperature gives 0 and -large, never inf - inf
-            logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-            if top_k == 1:
-                idx_next = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                if top_k is not None:
-                    kth = torch.topk(logits, top_k).values[:, -1:]  # (B, 1): k-th largest logit
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)  # (B, V)
-                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+        cache = None
+        if use_cache:
+            c = self.config
+            cache = KVCache(c.n_layer, idx.shape[0], c.n_head, c.block_size, c.head_size, idx.device,
+                            self.lm_head.weight.dtype)
+        logits = self._next_logits(idx, cache, new=None)  # (B, V)
+        for i in range(max_new_tokens):
+            idx_next = _pick(logits, temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
+            if i + 1 < max_new_tokens:
+                logits = self._next_logits(idx, cache, new=idx_next)
         return idx
+
+    def _next_logits(self, idx: torch.Tensor, cache: KVCache | None, new: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, V) of the token that follows idx (B, T), the context cropped to block_size.
+
+        With a cache, only `new` (the tokens appended since the last call) goes through the model,
+        unless the window is full: then the positions slide and the cache is refilled.
+        """
+        window = idx[:, -self.config.block_size :]  # (B, <=block_size)
+        if cache is None:
+            return self._logits(window)[:, -1, :]
+        if new is None or cache.length + new.shape[1] > self.config.block_size:
+            cache.reset()
+            return self._logits(window, cache)[:, -1, :]
+        return self._logits(new, cache)[:, -1, :]
 
     # -------------------------------------------------------------- accounting
     def num_params(self, non_embedding: bool = False) -> int:
@@ -249,6 +276,19 @@ class GPT(nn.Module):
         matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         forward = 2 * matmul_weights + 4 * self.config.n_layer * T * self.config.n_embd
         return 3 * forward if training else forward
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    """The next token (B, 1) from last-position logits (B, V): argmax for top_k=1, else a sample."""
+    # subtract the max before dividing, so a tiny temperature gives 0 and -large, never inf - inf
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    if top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    if top_k is not None:
+        kth = torch.topk(logits, top_k).values[:, -1:]  # (B, 1): k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 
 
 def _is_integer(t: torch.Tensor) -> bool:

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .config import GPTConfig
-from .costs import model_cost
+from .costs import format_count, model_cost
 from .evaluation import PositionReport
 from .training import History
 
@@ -70,7 +70,11 @@ def plot_capacity(results: Sequence) -> Figure:
             ax.annotate(r.name, (x, r.final_loss), textcoords="offset points", xytext=offset, fontsize=8)
     ax_p.set(xscale="log", xlabel="parameters (log scale)", ylabel="eval loss after training (nats/token)",
              title="Capacity: loss vs size")
-    ax_p.xaxis.set_minor_formatter(NullFormatter())  # log axis: label the decades only (after set_xscale)
+    ticks = [m * 10**e for e in range(3, 10) for m in (1, 2, 5)]
+    lo, hi = min(r.params for r in results), max(r.params for r in results)
+    ax_p.set_xticks([t for t in ticks if lo / 1.5 <= t <= hi * 1.5] or [lo], minor=False)
+    ax_p.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_count(v)))
+    ax_p.xaxis.set_minor_formatter(NullFormatter())  # after set_xscale, which resets the formatters
     ax_s.set(xlabel="training time (seconds, this machine)", title="Cost: loss vs time")
     for ax in (ax_p, ax_s):
         ax.grid(alpha=0.3, which="both")
@@ -83,9 +87,9 @@ def plot_positions(reports: Mapping[str, PositionReport]) -> Figure:
     fig, ax = plt.subplots(figsize=(10, 3.2))
     for label, rep in reports.items():
         acc = sum(rep.correct) / max(len(rep.correct), 1)
-        ax.plot(range(1, len(rep.target_prob) + 1), rep.target_prob, lw=1, marker=".",
+        ax.plot(range(len(rep.target_prob)), rep.target_prob, lw=1, marker=".",
                 label=f"{label} (argmax right at {acc:.0%} of positions)")
-    ax.set(xlabel="predicted position t (target is token t+1)", ylabel="p(true next token)", ylim=(-0.02, 1.02),
+    ax.set(xlabel="position t (predicting token t+1)", ylabel="p(true next token)", ylim=(-0.02, 1.02),
            title="How sure the model is of each next token of the paragraph")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="snapshot")
@@ -100,7 +104,7 @@ def plot_shift(inputs: Sequence[str], targets: Sequence[str], first: int = 5, la
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets; the shift keeps the length")
     n = len(inputs)
     shown = list(range(n)) if n <= first + last else list(range(first)) + [None] + list(range(n - last, n))
-    fig, ax = plt.subplots(figsize=(1.25 * len(shown) + 1.2, 2.3))
+    fig, ax = plt.subplots(figsize=(min(1.1 * len(shown) + 1.2, 10), 2.3))
     for col, pos in enumerate(shown):
         if pos is None:
             for y in (1.5, 0.2):

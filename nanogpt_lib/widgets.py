@@ -12,12 +12,17 @@ from .costs import format_bytes, format_count, model_cost, time_forward
 from .evaluation import continue_text
 from .model import GPT
 
-
 # ------------------------------------------------------------------ 01_config
+TIMING_BUDGET_FLOPS = 5e9  # forward passes above this are not timed: seconds per slider move is not "at once"
+
+
 def config_report(
     n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int, measure_time: bool = True
 ) -> str:
-    """A Markdown table of what the configuration costs, or the library's error when it is impossible."""
+    """A Markdown table of what the configuration costs, or the library's error when it is impossible.
+
+    The forward pass is timed only when it costs less than TIMING_BUDGET_FLOPS (a tenth of a second or so on a laptop
+    core); the counts are always computed, on the meta device, in milliseconds."""
     try:
         config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                            n_embd=n_embd, dropout=0.0)
@@ -32,7 +37,11 @@ def config_report(
         ("fp32 weights", format_bytes(cost.weight_bytes)),
         ("weights + gradients + AdamW state", format_bytes(cost.training_bytes)),
     ]
-    if measure_time:
+    forward_flops = cost.forward_flops_per_token * block_size
+    if measure_time and forward_flops > TIMING_BUDGET_FLOPS:
+        rows.append((f"forward pass, 1 x {block_size} tokens", f"not timed: {format_count(forward_flops)} FLOPs, "
+                     f"above the {format_count(TIMING_BUDGET_FLOPS)} budget of a slider move"))
+    elif measure_time:
         with torch.random.fork_rng():  # building the model must not move the notebook's random state
             torch.manual_seed(0)
             model = GPT(config)
@@ -45,6 +54,8 @@ def config_explorer(vocab_size: int, measure_time: bool = True, defaults: GPTCon
     """Sliders for n_layer, n_head, n_embd and block_size; the table updates when one moves."""
     d = defaults or GPTConfig(block_size=100, vocab_size=vocab_size, n_layer=4, n_head=4, n_embd=128)
     style = {"description_width": "90px"}
+    # continuous_update=False: recompute when the slider is released, not at every pixel of a drag
+    opts = {"style": style, "continuous_update": False}
 
     def show(n_layer, n_head, n_embd, block_size):
         return Markdown(config_report(n_layer, n_head, n_embd, block_size, vocab_size, measure_time))
@@ -52,10 +63,10 @@ def config_explorer(vocab_size: int, measure_time: bool = True, defaults: GPTCon
     return W.interactive(
         show,
         {"auto_display": True},
-        n_layer=W.IntSlider(value=d.n_layer, min=1, max=12, description="n_layer", style=style),
-        n_head=W.IntSlider(value=d.n_head, min=1, max=16, description="n_head", style=style),
-        n_embd=W.IntSlider(value=d.n_embd, min=16, max=768, step=16, description="n_embd", style=style),
-        block_size=W.IntSlider(value=d.block_size, min=16, max=1024, step=4, description="block_size", style=style),
+        n_layer=W.IntSlider(value=d.n_layer, min=1, max=12, description="n_layer", **opts),
+        n_head=W.IntSlider(value=d.n_head, min=1, max=16, description="n_head", **opts),
+        n_embd=W.IntSlider(value=d.n_embd, min=16, max=768, step=16, description="n_embd", **opts),
+        block_size=W.IntSlider(value=d.block_size, min=16, max=1024, step=4, description="block_size", **opts),
     )
 
 
@@ -76,7 +87,7 @@ def continuation_explorer(model: GPT, ids: torch.Tensor, tokenizer, prefix_token
                           new_tokens: int = 25) -> W.interactive:
     """Sliders for temperature, top-k (0 = off) and the sampling seed; the text is generated again
     when one moves."""
-    style = {"description_width": "90px"}
+    opts = {"style": {"description_width": "90px"}, "continuous_update": False}
 
     def show(temperature, top_k, seed):
         return Markdown(continuation_report(model, ids, tokenizer, temperature, top_k, seed, prefix_tokens,
@@ -85,7 +96,7 @@ def continuation_explorer(model: GPT, ids: torch.Tensor, tokenizer, prefix_token
     return W.interactive(
         show,
         {"auto_display": True},
-        temperature=W.FloatSlider(value=1.0, min=0.05, max=2.0, step=0.05, description="temperature", style=style),
-        top_k=W.IntSlider(value=0, min=0, max=50, description="top_k (0=off)", style=style),
-        seed=W.IntSlider(value=0, min=0, max=20, description="seed", style=style),
+        temperature=W.FloatSlider(value=1.0, min=0.05, max=2.0, step=0.05, description="temperature", **opts),
+        top_k=W.IntSlider(value=0, min=0, max=50, description="top_k (0=off)", **opts),
+        seed=W.IntSlider(value=0, min=0, max=20, description="seed", **opts),
     )

@@ -24,6 +24,9 @@ def test_counts_equal_the_built_model(config):
 def test_part1_figures():
     cost = model_cost(part1_config(4096))
     assert (cost.params, cost.non_embedding_params) == (1_330_432, 793_344)
+    # by hand: 2 x (matmul weights: 4 blocks x 12 C^2 + the V x C output layer) + 4 T C per layer
+    assert cost.forward_flops_per_token == 2 * (4 * 12 * 128**2 + 4096 * 128) + 4 * 4 * 100 * 128 == 2_826_240
+    assert cost.train_flops_per_token == 3 * 2_826_240
 
 
 def test_counting_allocates_nothing_and_leaves_the_random_state_alone():

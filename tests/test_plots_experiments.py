@@ -22,8 +22,9 @@ def _check_labelled(fig, n_axes):
     axes = [ax for ax in fig.axes if ax.axison]
     assert len(axes) == n_axes
     assert fig.axes[0].get_title()
-    for ax in axes:
+    for i, ax in enumerate(axes):
         assert ax.get_xlabel() and ax.get_title()
+        assert ax.get_ylabel() or (i > 0 and ax.get_shared_y_axes().joined(ax, axes[0]))  # shared y: one label
     plt.close(fig)
 
 
