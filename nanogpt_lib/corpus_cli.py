@@ -35,7 +35,7 @@ _OPTIONS = {
     "--grad-accum": (int, f"micro-steps per step, to fit a large batch in memory (default {_CC.grad_accum})"),
     "--eval-interval": (int, f"evaluate train and val loss every N steps (default {_CC.eval_interval})"),
     "--eval-batches": (int, f"fixed batches per evaluation (default {_CC.eval_batches})"),
-    "--warmup-steps": (int, f"linear warm-up steps before the cosine decay (default {_CC.warmup_steps})"),
+    "--warmup-steps": (int, "linear warm-up steps before the cosine decay (default --steps / 10, at most 100)"),
     "--min-lr": (float, "learning rate at the end of the cosine decay (default --lr / 10)"),
     "--grad-clip": (float, f"clip the gradient norm to this; 0 turns clipping off (default {_CC.grad_clip})"),
     "--resume": (Path, "continue from this checkpoint (same --data); the run ends at --steps"),

@@ -43,7 +43,7 @@ class CorpusConfig:
     grad_accum: int = 1  # micro-steps per optimisation step
     eval_interval: int = 100  # evaluate train and val loss every this many steps (and at the end)
     eval_batches: int = 4  # fixed batches of batch_size / grad_accum windows per evaluation
-    warmup_steps: int = 100  # linear warm-up, then cosine decay to min_lr
+    warmup_steps: int | None = None  # linear warm-up, then cosine decay; None: steps // 10, at most 100
     min_lr: float | None = None  # None: a tenth of TrainConfig.lr
     grad_clip: float | None = 1.0  # max global gradient norm; None or 0: no clipping
 
@@ -52,6 +52,8 @@ class CorpusConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CorpusConfig.{name}={value!r} is not allowed: it must be an integer >= 1")
+        if self.warmup_steps is None:
+            object.__setattr__(self, "warmup_steps", min(100, self.steps // 10))
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or not (
             0 <= self.warmup_steps <= self.steps
         ):
