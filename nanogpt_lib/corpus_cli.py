@@ -106,6 +106,9 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
         from .train import check_writable  # the Part-1 check, shared
 
         check_writable(args.checkpoint)
+    plot = getattr(args, "plot", None)
+    if plot is not None and plot.is_dir():
+        raise ValueError(f"--plot {str(plot)!r} is a folder; give a file name such as {str(plot / 'loss.png')!r}")
     torch.manual_seed(train_config.seed)
     model = GPT(model_config).to(ctx.device)
     micro = config.micro_batch_size(ctx.world_size)
@@ -125,7 +128,6 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
         f"{result.tokens_per_s:,.0f} tokens/s ({result.train_seconds:.1f} s in training steps)")
     if args.checkpoint is not None:
         say(f"Checkpoint saved to {args.checkpoint}")
-    plot = getattr(args, "plot", None)
     if plot is not None and ctx.is_main:
         say(f"Loss curves saved to {plot_losses(result.history, plot)}")
     return result

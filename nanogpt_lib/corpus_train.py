@@ -225,12 +225,17 @@ def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     if state is None or ck.history is None:
         raise CheckpointError(f"checkpoint {str(path)!r} has no corpus training state (a Part-1 checkpoint?); "
                               f"it cannot be resumed on a corpus")
-    if state["data_fingerprint"] != data.meta.fingerprint:
+    try:
+        fingerprint, step = state["data_fingerprint"], int(state["step"])
+    except (KeyError, TypeError, ValueError):
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was trained on token folder fingerprint {state['data_fingerprint']!r}, "
+            f"checkpoint {str(path)!r} holds an invalid corpus training state: {str(state)[:200]}"
+        ) from None
+    if fingerprint != data.meta.fingerprint:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on token folder fingerprint {fingerprint!r}, "
             f"but {str(data.folder)!r} has {data.meta.fingerprint!r}; resume on the same prepared data"
         )
-    step = int(state["step"])
     if step >= config.steps:
         raise CheckpointError(f"checkpoint {str(path)!r} is at step {step}, already at or past --steps "
                               f"{config.steps}; give more steps to continue")

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_checkpoint
+from nanogpt_lib import GPT, GPTConfig, History, TrainConfig, load_checkpoint, make_optimizer, save_checkpoint
 from nanogpt_lib.checkpoint import CheckpointError
 from nanogpt_lib.corpus_train import CorpusConfig, train_corpus
 from nanogpt_lib.prepare import files_source, prepare
@@ -86,6 +86,10 @@ def test_resume_refuses_other_data_and_finished_runs(data, tmp_path, bundled_tok
     _run(data, config, checkpoint=ck)
     with pytest.raises(CheckpointError, match=r"at step 2, already at or past --steps 2"):
         _run(data, config, resume=ck)
+    model = _model()
+    part1 = save_checkpoint(tmp_path / "part1.pt", model, make_optimizer(model, TrainConfig()), History())  # as Part 1
+    with pytest.raises(CheckpointError, match=r"has no corpus training state \(a Part-1 checkpoint\?\)"):
+        _run(data, config, resume=part1)
     (tmp_path / "other.txt").write_text("Outro corpus, bem diferente do primeiro. " * 40, encoding="utf-8")
     prepare(files_source([tmp_path / "other.txt"]), tmp_path / "other", bundled_tokenizer, progress=False)
     with pytest.raises(CheckpointError, match=r"fingerprint '[0-9a-f]+', but .* has '[0-9a-f]+'"):
@@ -143,6 +147,8 @@ def foreign_folder(data, tmp_path):
     (["--data", "DATA", "--batch-size", "6", "--grad-accum", "4"], r"batch_size=6 does not split evenly"),
     (["--data", "DATA", "--block-size", "5000"], r"too few for windows of block_size=5000"),
     (["--data", "DATA", "--text-file", "x.txt"], r"--text-file is Part 1's text"),
+    (["--data", "DATA", "--plot", "/"], r"--plot '/' is a folder"),
+    (["--data", "DATA", "--resume", "/no/such.pt"], r"checkpoint '/no/such.pt' does not exist"),
 ])
 def test_bad_corpus_options_exit_with_one_line(argv, message, data, foreign_folder, capsys):
     argv = [{"DATA": str(data.folder), "FOREIGN": str(foreign_folder)}.get(a, a) for a in argv]
