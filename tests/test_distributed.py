@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo on CPU, 127.0.0.1) against one process with the same global batch.
+"""Two processes under torchrun (gloo on CPU, 127.0.0.1) against one process with the same global batch
+(both with 2 micro-steps of gradient accumulation, so DDP's no_sync path runs too).
 
 Dropout is 0 in the comparison: each rank draws its own dropout masks (a function of seed, step and
 rank), which cannot equal the masks one process draws for the whole batch. Without dropout the
@@ -22,8 +23,8 @@ from nanogpt_lib.train import main
 
 HERE = Path(__file__).parent
 MODEL = ["--block-size", "16", "--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--dropout", "0.0",
-         "--lr", "3e-3", "--batch-size", "8", "--eval-interval", "4", "--eval-batches", "2", "--warmup-steps", "2",
-         "--no-progress"]
+         "--lr", "3e-3", "--batch-size", "8", "--grad-accum", "2", "--eval-interval", "4", "--eval-batches", "2",
+         "--warmup-steps", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_two_processes_match_one_and_their_checkpoint_loads_in_one(tokens, tmp_p
     result = torchrun(["-m", "nanogpt_lib.train"], ["--data", str(tokens), "--steps", "8", "--checkpoint", str(two),
                                                     *MODEL])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "x 2 process(es)" in result.stdout and "global batch 8 = 2 x 1 x 4 windows" in result.stdout
+    assert "x 2 process(es)" in result.stdout and "global batch 8 = 2 x 2 x 2 windows" in result.stdout
     assert result.stdout.count("step      8/8") == 1 and result.stdout.count("Checkpoint saved") == 1  # rank 0 only
     assert "x 1 process(es)" in single_out
     a, b = load_checkpoint(one), load_checkpoint(two)  # the DDP checkpoint loads in this single process
