@@ -15,10 +15,18 @@
     widgets         slider callbacks and their ipywidgets wiring
     checkpoint      atomic save / checked load
     train           the command line: python -m nanogpt_lib.train
+    prepare         a corpus to token files: python -m nanogpt_lib.prepare (import it as a module)
+    tokens          token folders (train.bin, val.bin, meta.json) read as memmaps, random windows
+    schedule        warm-up + cosine learning rate
+    distributed     DistributedDataParallel under torchrun
+    corpus_train    training on a token folder: evaluation, clipping, accumulation, resume
+    corpus_cli      the --data options of the command line
+    plotting        loss curves as a PNG
 """
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import GPTConfig, part1_config
+from .corpus_train import CorpusConfig, CorpusRun, train_corpus
 from .data import (
     bundled_corpus,
     bundled_paragraph,
@@ -32,7 +40,9 @@ from .data import (
 )
 from .evaluation import continue_text, eval_mode, evaluate, reconstruct
 from .model import GPT, IGNORE_INDEX
+from .schedule import CosineSchedule
 from .tokenizer import HUB_TOKENIZER, load_tokenizer
+from .tokens import TokenFileError, open_tokens
 from .training import History, TrainConfig, fit, is_quarter, make_optimizer, quarter_points, train_step
 
 __all__ = [
@@ -41,4 +51,6 @@ __all__ = [
     "evaluate", "fit", "is_quarter", "load_checkpoint", "load_corpus", "load_tokenizer", "make_optimizer",
     "part1_config", "quarter_points", "read_text", "reconstruct", "sample_batch", "save_checkpoint",
     "shift_targets", "train_step", "train_val_split",
+    "CorpusConfig", "CorpusRun", "CosineSchedule", "TokenFileError", "open_tokens",
+    "train_corpus",
 ]

@@ -1,5 +1,8 @@
 """Checkpoints: model weights, config, optimizer state, history and tokenizer name in one file.
 
+Corpus runs add a `train_state` (step, corpus settings, token folder fingerprint) so that they can
+resume. A model wrapped in DistributedDataParallel is saved unwrapped: the file loads in one process.
+
 Saved with `torch.save` to a temporary file in the same folder and renamed into place
 (`os.replace` is atomic), so a crash never leaves a half-written checkpoint under the real name.
 Loaded with `weights_only=True`: the file holds only tensors and plain Python values.
@@ -15,12 +18,13 @@ import torch
 
 from .atomic import atomic_path
 from .config import GPTConfig
+from .distributed import unwrap
 from .model import GPT
 from .training import History, TrainConfig
 
 FORMAT = "nanogpt_lib.checkpoint"
 VERSION = 1
-_KEYS = {"model_config", "model", "optimizer", "history", "tokenizer_name", "train_config"}
+_KEYS = {"model_config", "model", "optimizer", "history", "tokenizer_name", "train_config"}  # "train_state" optional
 
 
 class CheckpointError(ValueError):
@@ -35,6 +39,7 @@ class Checkpoint:
     history: History | None
     train_config: TrainConfig | None
     optimizer_state: dict | None
+    train_state: dict | None = None  # corpus runs: where to resume (absent from Part-1 checkpoints)
 
 
 def save_checkpoint(
@@ -44,8 +49,12 @@ def save_checkpoint(
     history: History | None = None,
     tokenizer_name: str | None = None,
     train_config: TrainConfig | None = None,
+    train_state: dict | None = None,
 ) -> Path:
+    """Write the checkpoint atomically. `train_state` holds plain values only (ints, floats, strings,
+    lists, dicts)."""
     path = Path(path)
+    model = unwrap(model)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -56,6 +65,8 @@ def save_checkpoint(
         "tokenizer_name": tokenizer_name,
         "train_config": train_config.to_dict() if train_config is not None else None,
     }
+    if train_state is not None:
+        payload["train_state"] = train_state
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -127,6 +138,7 @@ def load_checkpoint(
         history=history,
         train_config=train_config,
         optimizer_state=payload["optimizer"],
+        train_state=payload.get("train_state"),
     )
 
 

@@ -2,6 +2,7 @@
 
     python -m nanogpt_lib.train                 # the seed post's run on the bundled paragraph
     python -m nanogpt_lib.train --help          # every option
+    python -m nanogpt_lib.train --data DIR ...  # a prepared corpus instead (corpus_cli.py; torchrun works)
 
 Prints the initial loss and perplexity (expect about ln(vocab_size) and vocab_size), then at each
 25 % of the epochs: training loss, eval-mode loss and perplexity, reconstruction accuracy and text,
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import corpus_cli
 from .checkpoint import save_checkpoint
 from .config import GPTConfig, part1_config
 from .data import bundled_paragraph, encode, read_text, shift_targets
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--checkpoint", type=Path, default=None, help="save model, optimizer and history here at the end")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    corpus_cli.add_arguments(p)
     return p
 
 
@@ -97,6 +100,8 @@ def check_writable(path: Path) -> None:
 
 def run(args: argparse.Namespace) -> History:
     device = resolve_device(args.device)
+    if corpus_cli.corpus_mode(args):
+        return corpus_cli.run(args, device).history
     if args.checkpoint is not None:
         check_writable(args.checkpoint)
     train_config = TrainConfig(

@@ -111,22 +111,31 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
 # ---------------------------------------------------------------------- fit
 @dataclass
 class History:
-    """Per-epoch training loss and perplexity (dropout on), plus what the callbacks added."""
+    """Per-epoch training loss and perplexity (dropout on), plus what the callbacks added.
+
+    Corpus runs (`corpus_train`) store optimisation steps in `epoch` and their periodic train and
+    validation evaluations in `evals`.
+    """
 
     epoch: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     quarters: list[dict] = field(default_factory=list)  # one record per 25 % point
+    evals: list[dict] = field(default_factory=list)  # corpus runs: {"step", "train_loss", "val_loss", "lr"}
 
     @property
     def perplexity(self) -> list[float]:
         return [perplexity(v) for v in self.loss]
 
     def to_dict(self) -> dict:
-        return {"epoch": list(self.epoch), "loss": list(self.loss), "quarters": list(self.quarters)}
+        d = {"epoch": list(self.epoch), "loss": list(self.loss), "quarters": list(self.quarters)}
+        if self.evals:
+            d["evals"] = list(self.evals)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
-        return cls(epoch=list(d["epoch"]), loss=list(d["loss"]), quarters=list(d.get("quarters", [])))
+        return cls(epoch=list(d["epoch"]), loss=list(d["loss"]), quarters=list(d.get("quarters", [])),
+                   evals=list(d.get("evals", [])))
 
 
 QuarterCallback = Callable[[int, int, "History"], "dict | None"]

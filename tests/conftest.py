@@ -24,3 +24,11 @@ def tiny_config():
 def tiny_model(tiny_config):
     torch.manual_seed(0)
     return GPT(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    """The fallback tokenizer under its canonical name, as the CLI loads it offline."""
+    from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
+
+    return load_tokenizer(BUNDLED_TOKENIZER_NAME, verbose=False)

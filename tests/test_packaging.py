@@ -50,3 +50,9 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     assert "rm -rf .venv" in ci and "make test" in ci
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "TORCH ?= torch==2.13.0" in makefile
+
+
+def test_the_corpora_extra_brings_datasets_and_ci_tests_it():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert any(d.startswith("datasets") for d in extras["corpora"])
+    assert any(d.startswith("datasets") for d in extras["test"])  # the local-dataset tests run in CI

@@ -1,0 +1,133 @@
+"""The corpus half of `python -m nanogpt_lib.train`: options, and the run they describe.
+
+    python -m nanogpt_lib.train --data data/bundled --steps 2000 --batch-size 32
+    torchrun --nproc_per_node=2 -m nanogpt_lib.train --data data/bundled ...
+
+`--data` switches corpus mode on; without it `train.py` runs Part 1 unchanged. The model options
+(--block-size, --n-layer, ...) and --lr, --weight-decay, --beta1/2, --seed, --device and
+--checkpoint are shared with Part 1; --epochs, --text-file and the continuation options are Part
+1's only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import GPTConfig
+from .corpus_train import CorpusConfig, CorpusRun, train_corpus
+from .distributed import init_distributed, shutdown
+from .model import GPT
+from .plotting import plot_losses
+from .tokenizer import load_tokenizer
+from .tokens import open_tokens
+from .training import TrainConfig
+
+_CC = CorpusConfig()
+# option -> (type, help); all default to "not given" so that Part 1 can refuse them
+_OPTIONS = {
+    "--steps": (int, f"optimisation steps (default {_CC.steps})"),
+    "--batch-size": (int, f"global batch: windows per step over all processes (default {_CC.batch_size})"),
+    "--grad-accum": (int, f"micro-steps per step, to fit a large batch in memory (default {_CC.grad_accum})"),
+    "--eval-interval": (int, f"evaluate train and val loss every N steps (default {_CC.eval_interval})"),
+    "--eval-batches": (int, f"fixed batches per evaluation (default {_CC.eval_batches})"),
+    "--warmup-steps": (int, "linear warm-up steps before the cosine decay (default --steps / 10, at most 100)"),
+    "--min-lr": (float, "learning rate at the end of the cosine decay (default --lr / 10)"),
+    "--grad-clip": (float, f"clip the gradient norm to this; 0 turns clipping off (default {_CC.grad_clip})"),
+    "--resume": (Path, "continue from this checkpoint (same --data); the run ends at --steps"),
+    "--plot": (Path, "save the loss curves to this PNG at the end"),
+    "--dist-timeout": (float, "seconds a process waits for the others before the run fails (default 300)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("corpus training (switched on by --data)")
+    group.add_argument("--data", type=Path, default=None,
+                       help="token folder made by `python -m nanogpt_lib.prepare` (train.bin, val.bin, meta.json)")
+    for option, (kind, text) in _OPTIONS.items():
+        group.add_argument(option, type=kind, default=argparse.SUPPRESS, help=text)
+
+
+def corpus_mode(args: argparse.Namespace) -> bool:
+    """True when the command line asks for corpus training (--data or any corpus option)."""
+    return args.data is not None or any(hasattr(args, _dest(o)) for o in _OPTIONS)
+
+
+def _dest(option: str) -> str:
+    return option.removeprefix("--").replace("-", "_")
+
+
+def corpus_config(args: argparse.Namespace) -> CorpusConfig:
+    given = {_dest(o): getattr(args, _dest(o)) for o in _OPTIONS if hasattr(args, _dest(o))}
+    if given.get("grad_clip") == 0:
+        given["grad_clip"] = None
+    fields = CorpusConfig.__dataclass_fields__
+    return CorpusConfig(**{k: v for k, v in given.items() if k in fields})
+
+
+def run(args: argparse.Namespace, device: torch.device) -> CorpusRun:
+    """Corpus training from parsed options; rank 0 alone prints, plots and saves."""
+    if args.data is None:
+        given = [o for o in _OPTIONS if hasattr(args, _dest(o))]
+        raise ValueError(f"{', '.join(given)}: corpus-training option(s), which need --data FOLDER "
+                         f"(made by `python -m nanogpt_lib.prepare`)")
+    if args.text_file is not None:
+        raise ValueError("--text-file is Part 1's text; with --data the corpus comes from the token folder")
+    config = corpus_config(args)
+    train_config = TrainConfig(epochs=config.steps, lr=args.lr, weight_decay=args.weight_decay,
+                               betas=(args.beta1, args.beta2), seed=args.seed)
+    ctx = init_distributed(device, getattr(args, "dist_timeout", 300.0))
+    try:
+        return _train(args, config, train_config, ctx)
+    except Exception as err:
+        if ctx.is_distributed:  # one clear line per failing rank; torchrun then stops the others
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            print(f"rank {ctx.rank} of {ctx.world_size} failed: {type(err).__name__}: {first}", file=sys.stderr)
+        raise
+    finally:
+        shutdown(ctx)
+
+
+def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> CorpusRun:
+    def say(line: str) -> None:
+        if ctx.is_main:
+            tqdm.write(line)
+
+    data = open_tokens(args.data)
+    tokenizer = load_tokenizer(args.tokenizer, verbose=ctx.is_main)
+    model_config = GPTConfig(block_size=args.block_size, vocab_size=len(tokenizer), n_layer=args.n_layer,
+                             n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias)
+    data.check_compatible(tokenizer.name_or_path, model_config.vocab_size)
+    if args.checkpoint is not None and ctx.is_main:
+        from .train import check_writable  # the Part-1 check, shared
+
+        check_writable(args.checkpoint)
+    plot = getattr(args, "plot", None)
+    if plot is not None and plot.is_dir():
+        raise ValueError(f"--plot {str(plot)!r} is a folder; give a file name such as {str(plot / 'loss.png')!r}")
+    torch.manual_seed(train_config.seed)
+    model = GPT(model_config).to(ctx.device)
+    micro = config.micro_batch_size(ctx.world_size)
+    say(f"Device {ctx.device} x {ctx.world_size} process(es); {data.meta.tokens['train']:,} train + "
+        f"{data.meta.tokens['val']:,} val tokens in {data.folder}; model {model.num_params():,} parameters; "
+        f"global batch {config.batch_size} = {ctx.world_size} x {config.grad_accum} x {micro} windows "
+        f"of {model_config.block_size} tokens")
+
+    def on_eval(record: dict, history) -> None:
+        say(f"step {record['step']:>6}/{config.steps}: train loss {record['train_loss']:.4f} | "
+            f"val loss {record['val_loss']:.4f} | lr {record['lr']:.2e}")
+
+    result = train_corpus(model, data, train_config, config, ctx, resume=getattr(args, "resume", None),
+                          checkpoint=args.checkpoint, tokenizer_name=tokenizer.name_or_path, on_eval=on_eval,
+                          progress=args.progress)
+    say(f"Trained {config.batch_size * model_config.block_size:,} tokens per step at "
+        f"{result.tokens_per_s:,.0f} tokens/s ({result.train_seconds:.1f} s in training steps)")
+    if args.checkpoint is not None:
+        say(f"Checkpoint saved to {args.checkpoint}")
+    if plot is not None and ctx.is_main:
+        say(f"Loss curves saved to {plot_losses(result.history, plot)}")
+    return result

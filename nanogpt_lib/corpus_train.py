@@ -1,0 +1,242 @@
+"""Training on a prepared corpus: random windows from token files, periodic train/val evaluation,
+warm-up + cosine learning rate, gradient clipping, gradient accumulation, DDP and exact resume.
+
+One optimisation step uses a global batch of `batch_size` windows, split into `grad_accum`
+micro-steps on each of `world_size` ranks (each rank sees batch_size / (grad_accum * world_size)
+windows at a time). Which windows, and the dropout masks, depend only on (seed, step, rank), so:
+
+- two ranks with dropout 0 compute the same update as one process on the whole global batch
+  (up to float rounding; with dropout > 0 each rank draws its own masks, so the runs differ in the
+  masks only);
+- a run resumed from a checkpoint repeats the uninterrupted run exactly: the checkpoint needs the
+  weights, the optimizer state and the step, but no sampler or RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import DistContext, mean_over_ranks, unwrap, wrap
+from .evaluation import eval_mode
+from .schedule import CosineSchedule, set_lr
+from .tokens import TRAIN_EVAL_STREAM, TRAIN_STREAM, VAL_STREAM, TokenData, shard_batches, window_starts
+from .training import History, TrainConfig, make_optimizer
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
+_DROPOUT_STREAM = 3
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    steps: int = 1000  # optimisation steps in the whole run
+    batch_size: int = 32  # global: windows per step, over all ranks and micro-steps
+    grad_accum: int = 1  # micro-steps per optimisation step
+    eval_interval: int = 100  # evaluate train and val loss every this many steps (and at the end)
+    eval_batches: int = 4  # fixed batches of batch_size / grad_accum windows per evaluation
+    warmup_steps: int | None = None  # linear warm-up, then cosine decay; None: steps // 10, at most 100
+    min_lr: float | None = None  # None: a tenth of TrainConfig.lr
+    grad_clip: float | None = 1.0  # max global gradient norm; None or 0: no clipping
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"CorpusConfig.{name}={value!r} is not allowed: it must be an integer >= 1")
+        if self.warmup_steps is None:
+            object.__setattr__(self, "warmup_steps", min(100, self.steps // 10))
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or not (
+            0 <= self.warmup_steps <= self.steps
+        ):
+            raise ValueError(f"CorpusConfig.warmup_steps={self.warmup_steps!r} is not allowed: "
+                             f"it must be an integer in [0, steps={self.steps}]")
+        for name in ("min_lr", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < math.inf):
+                raise ValueError(
+                    f"CorpusConfig.{name}={value!r} is not allowed: it must be None or a finite number >= 0"
+                )
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Windows per rank per micro-step; the global batch must split evenly."""
+        parts = self.grad_accum * world_size
+        if self.batch_size % parts:
+            raise ValueError(
+                f"batch_size={self.batch_size} does not split evenly over grad_accum={self.grad_accum} x "
+                f"{world_size} processes; use a multiple of {parts}"
+            )
+        return self.batch_size // parts
+
+    def schedule(self, lr: float) -> CosineSchedule:
+        min_lr = lr / 10 if self.min_lr is None else self.min_lr
+        if min_lr > lr:
+            raise ValueError(f"min_lr={min_lr} is not allowed: it must be at most the learning rate lr={lr}")
+        return CosineSchedule(max_lr=lr, total_steps=self.steps, warmup_steps=self.warmup_steps, min_lr=min_lr)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CorpusRun:
+    history: History
+    tokens_per_s: float  # global training tokens per second (evaluation and saving excluded)
+    train_seconds: float
+
+
+EvalCallback = Callable[[dict, History], None]
+
+
+# --------------------------------------------------------------------- steps
+def accumulated_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch],
+                     grad_clip: float | None) -> float:
+    """One optimisation step over several micro-batches; returns this rank's mean loss.
+
+    Each micro-batch's loss is divided by their number so the gradients add up to the mean. Under
+    DDP, gradients are all-reduced only in the last micro-step's backward (`no_sync` before).
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, (x, y) in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            _, loss = model(x, targets=y)
+            (loss / len(batches)).backward()
+        total += loss.item() / len(batches)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return total
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed for dropout at (step, rank): a pure function, so resuming needs no RNG state."""
+    return int(np.random.SeedSequence([seed % 2**64, _DROPOUT_STREAM, step, rank]).generate_state(1)[0])
+
+
+def evaluate_splits(model: torch.nn.Module, data: TokenData, config: CorpusConfig, seed: int,
+                    ctx: DistContext) -> dict[str, float]:
+    """Eval-mode loss on fixed batches of each split (the same windows at every evaluation)."""
+    model = unwrap(model)
+    block = model.config.block_size
+    rows = config.batch_size // config.grad_accum
+    losses = {}
+    with eval_mode(model):
+        for name, stream in (("train", TRAIN_EVAL_STREAM), ("val", VAL_STREAM)):
+            tokens = data.split(name)
+            starts = window_starts(len(tokens), block, config.eval_batches * rows, seed, stream, 0)
+            batches = shard_batches(tokens, starts, block, config.eval_batches, ctx.world_size, ctx.rank)
+            local = [model(x.to(ctx.device), targets=y.to(ctx.device))[1].item() for x, y in batches]
+            losses[name] = mean_over_ranks(sum(local) / len(local), ctx)
+    return losses
+
+
+# ----------------------------------------------------------------------- run
+def train_corpus(
+    model: torch.nn.Module,
+    data: TokenData,
+    train_config: TrainConfig,
+    config: CorpusConfig,
+    ctx: DistContext | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    resume: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    tokenizer_name: str | None = None,
+    on_eval: EvalCallback | None = None,
+    progress: bool = True,
+) -> CorpusRun:
+    """Train `model` (a plain GPT on ctx.device) on `data` for `config.steps` steps.
+
+    Uses `train_config`'s lr (the schedule's peak), weight decay, betas and seed. Evaluates at
+    step 0, every `config.eval_interval` steps and at the end; each evaluation appends
+    {"step", "train_loss", "val_loss", "lr"} to `history.evals`, saves `checkpoint` (rank 0 only)
+    and calls `on_eval(record, history)`. With `resume`, weights, optimizer state, history and
+    step come from that checkpoint and the run continues where it stopped.
+    """
+    ctx = ctx if ctx is not None else DistContext(device=next(model.parameters()).device)
+    block = model.config.block_size
+    data.check_windows(block)
+    config.micro_batch_size(ctx.world_size)  # fails early when the batch does not split
+    schedule = config.schedule(train_config.lr)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, train_config)
+    history, start = History(), 0
+    if resume is not None:
+        history, start = restore(resume, model, optimizer, data, config, ctx)
+    ddp = wrap(model, ctx)
+    seed = train_config.seed
+
+    def evaluation(step: int, lr: float) -> None:
+        losses = evaluate_splits(model, data, config, seed, ctx)
+        record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+        history.evals.append(record)
+        if checkpoint is not None and ctx.is_main:
+            state = {"step": step, "corpus_config": config.to_dict(), "data_fingerprint": data.meta.fingerprint,
+                     "world_size": ctx.world_size}
+            save_checkpoint(checkpoint, model, optimizer, history, tokenizer_name, train_config, train_state=state)
+        if on_eval is not None:
+            on_eval(record, history)
+
+    if start == 0:
+        evaluation(0, schedule(0))
+    seconds = 0.0
+    bar = tqdm(range(start + 1, config.steps + 1), desc="training", unit="step", initial=start,
+               total=config.steps, disable=not (progress and ctx.is_main))
+    for step in bar:
+        lr = schedule(step - 1)
+        set_lr(optimizer, lr)
+        starts = window_starts(len(data.train), block, config.batch_size, seed, TRAIN_STREAM, step)  # (B,)
+        batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in
+                   shard_batches(data.train, starts, block, config.grad_accum, ctx.world_size, ctx.rank)]
+        torch.manual_seed(step_seed(seed, step, ctx.rank))
+        began = time.perf_counter()
+        loss = mean_over_ranks(accumulated_step(ddp, optimizer, batches, config.grad_clip), ctx)
+        seconds += time.perf_counter() - began
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step}; try a lower learning rate")
+        history.epoch.append(step)
+        history.loss.append(loss)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if step % config.eval_interval == 0 or step == config.steps:
+            evaluation(step, lr)
+    bar.close()
+    done = config.steps - start
+    rate = done * config.batch_size * block / seconds if seconds > 0 else 0.0
+    return CorpusRun(history=history, tokens_per_s=rate, train_seconds=seconds)
+
+
+def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,
+            config: CorpusConfig, ctx: DistContext) -> tuple[History, int]:
+    """Load a corpus checkpoint into model and optimizer; returns its history and step."""
+    ck = load_checkpoint(path, model=model, optimizer=optimizer, map_location=ctx.device)
+    state = ck.train_state
+    if state is None or ck.history is None:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no corpus training state (a Part-1 checkpoint?); "
+                              f"it cannot be resumed on a corpus")
+    try:
+        fingerprint, step = state["data_fingerprint"], int(state["step"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds an invalid corpus training state: {str(state)[:200]}"
+        ) from None
+    if fingerprint != data.meta.fingerprint:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on token folder fingerprint {fingerprint!r}, "
+            f"but {str(data.folder)!r} has {data.meta.fingerprint!r}; resume on the same prepared data"
+        )
+    if step >= config.steps:
+        raise CheckpointError(f"checkpoint {str(path)!r} is at step {step}, already at or past --steps "
+                              f"{config.steps}; give more steps to continue")
+    return ck.history, step  # saved right after the evaluation at `step`: it ends there

@@ -1,0 +1,87 @@
+"""Several processes, one model: PyTorch DistributedDataParallel under `torchrun`.
+
+`torchrun` starts one process per rank and gives each RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT in its environment; without them the run is a single process and
+nothing here changes it. Ranks talk through gloo on CPU and NCCL on CUDA (one GPU per local rank).
+DDP averages the gradients of all ranks during `backward`, so with equal shares of the batch the
+update equals the one-process update on the whole batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank among world_size processes, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone prints, plots and saves."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in _ENV)
+
+
+def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistContext:
+    """Join the process group torchrun set up (or stay a single process when not under torchrun).
+
+    `timeout_s` bounds how long a collective waits for a rank that stopped answering: a run with a
+    dead rank ends with an error instead of hanging.
+    """
+    if not launched_by_torchrun():
+        return DistContext(device=device)
+    rank, world_size, local_rank = (int(os.environ[name]) for name in _ENV)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """The model in DDP when there are several ranks (rank 0's weights are broadcast to all)."""
+    if not ctx.is_distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP: what checkpoints store, so they load in a single process."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def mean_over_ranks(value: float, ctx: DistContext) -> float:
+    """The mean of a number over all ranks (the value itself in a single process)."""
+    if not ctx.is_distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.item() / ctx.world_size

@@ -1,0 +1,341 @@
+"""Tokenize a corpus once into a token folder (train.bin, val.bin, meta.json) for training.
+
+    python -m nanogpt_lib.prepare --out data/bundled              # the bundled corpus
+    python -m nanogpt_lib.prepare --out data/mine my_texts/ a.txt # UTF-8 files and folders of *.txt
+    python -m nanogpt_lib.prepare --out data/wiki --dataset wikimedia/wikipedia \\
+        --dataset-config 20231101.pt --text-column text          # a Hugging Face dataset, streamed
+
+Text is read and tokenized in pieces (about 1 MB of text at a time), so neither the text nor the
+tokens of a large corpus need to fit in memory. Each document (a file, a dataset record) ends
+with the tokenizer's end-of-text token. The last `val_fraction` of the token stream becomes
+val.bin, the rest train.bin, as `data.train_val_split` does for a tensor. A second run with the
+same inputs (files of the same size and time stamp, same tokenizer and split) reuses the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path
+from .data import corpus_files
+from .tokenizer import HUB_TOKENIZER, load_tokenizer
+from .tokens import TokenFileError, TokenMeta, bin_path, meta_path, open_tokens, token_dtype, write_meta
+
+PIECE_CHARS = 1 << 20  # text handed to the tokenizer at once
+BATCH_PIECES = 64  # pieces tokenized together (the Rust tokenizer uses several threads)
+
+
+class PrepareError(ValueError):
+    """A corpus source that cannot be read or tokenized."""
+
+
+# ------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class TextFiles:
+    """UTF-8 text files, tokenized in the given order."""
+
+    files: tuple[Path, ...]
+    label: str
+
+    def describe(self) -> str:
+        return f"{self.label} ({len(self.files)} files)"
+
+    def identity(self) -> dict:
+        return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files]}
+
+    def total_bytes(self) -> int | None:
+        return sum(p.stat().st_size for p in self.files)
+
+    def documents(self) -> Iterator[Iterator[str]]:
+        for path in self.files:
+            yield _file_pieces(path)
+
+
+@dataclass(frozen=True)
+class HFDataset:
+    """A Hugging Face dataset (Hub name, builder such as 'json' with data_files, or a saved folder)."""
+
+    name: str
+    text_column: str = "text"
+    config: str | None = None
+    split: str = "train"
+    data_files: tuple[str, ...] = ()
+    max_documents: int | None = None
+
+    def describe(self) -> str:
+        files = f", files {list(self.data_files)}" if self.data_files else ""
+        return (f"dataset {self.name!r} (config {self.config!r}, split {self.split!r}, "
+                f"column {self.text_column!r}{files})")
+
+    def identity(self) -> dict:
+        local = [Path(f) for f in self.data_files] + ([Path(self.name)] if Path(self.name).exists() else [])
+        stamps = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local if p.exists()]
+        return {"dataset": [self.name, self.config, self.split, self.text_column, self.max_documents], "files": stamps}
+
+    def total_bytes(self) -> int | None:
+        return None  # a streamed dataset does not say how large it is
+
+    def documents(self) -> Iterator[Iterator[str]]:
+        for i, record in enumerate(_open_dataset(self)):
+            if self.max_documents is not None and i >= self.max_documents:
+                return
+            if self.text_column not in record:
+                raise PrepareError(
+                    f"{self.describe()} has no column {self.text_column!r}; its columns are {sorted(record)}; "
+                    f"choose one with --text-column"
+                )
+            text = record[self.text_column]
+            if not isinstance(text, str):
+                raise PrepareError(
+                    f"column {self.text_column!r} of {self.describe()} holds {type(text).__name__}, not text"
+                )
+            yield iter([text])
+
+
+def files_source(paths: list[str | Path]) -> TextFiles:
+    """The bundled corpus (no paths), or the given files and folders (every *.txt below a folder)."""
+    if not paths:
+        return TextFiles(tuple(corpus_files()), "the bundled corpus")
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
+                raise PrepareError(f"folder {str(path)!r} has no .txt files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PrepareError(f"text source {str(path)!r} does not exist (give UTF-8 files or folders of .txt files)")
+    return TextFiles(tuple(files), ", ".join(str(p) for p in paths))
+
+
+def _file_pieces(path: Path) -> Iterator[str]:
+    """The text of one UTF-8 file in pieces of about PIECE_CHARS characters, cut after a line."""
+    buffer: list[str] = []
+    size, seen_text = 0, False
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for number, line in enumerate(f):
+                if number == 0:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark is not text
+                seen_text = seen_text or bool(line.strip())
+                buffer.append(line)
+                size += len(line)
+                if size >= PIECE_CHARS:
+                    yield "".join(buffer)
+                    buffer, size = [], 0
+    except UnicodeDecodeError as err:
+        raise PrepareError(f"text file {str(path)!r} is not valid UTF-8 ({err.reason} near byte {err.start} of a "
+                           f"block); re-save it as UTF-8") from None
+    if not seen_text:
+        raise PrepareError(f"text file {str(path)!r} is empty (or only whitespace); remove it or give it text")
+    if buffer:
+        yield "".join(buffer)
+
+
+def _open_dataset(source: HFDataset):
+    try:
+        import datasets
+    except ImportError:
+        raise PrepareError(
+            "--dataset needs the Hugging Face `datasets` package: pip install 'nanogpt-lib[corpora]'"
+        ) from None
+    folder = Path(source.name)
+    if folder.is_dir() and ((folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()):
+        saved = datasets.load_from_disk(str(folder))  # a folder written by save_to_disk
+        if isinstance(saved, datasets.DatasetDict):
+            if source.split not in saved:
+                raise PrepareError(f"dataset folder {source.name!r} has no split {source.split!r}; "
+                                   f"its splits are {sorted(saved)}")
+            saved = saved[source.split]
+        return saved.to_iterable_dataset()
+    try:
+        return datasets.load_dataset(source.name, source.config, split=source.split, streaming=True,
+                                     data_files=list(source.data_files) or None)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise PrepareError(f"could not open {source.describe()}: {str(err).splitlines()[0][:300]}") from None
+
+
+# ---------------------------------------------------------------- tokenizing
+@dataclass(frozen=True)
+class PrepareResult:
+    folder: Path
+    meta: TokenMeta
+    reused: bool  # True when the folder already held these inputs' tokens
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.meta.text_bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def prepare(
+    source: TextFiles | HFDataset,
+    out: str | Path,
+    tokenizer,
+    val_fraction: float = 0.1,
+    force: bool = False,
+    progress: bool = True,
+) -> PrepareResult:
+    """Tokenize `source` into the folder `out`; reuse it when it already holds the same inputs."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise PrepareError(f"val_fraction={val_fraction!r} is not allowed: it must be a number in (0, 1)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {str(out)!r} is a file; give a folder for train.bin, val.bin and meta.json")
+    name, vocab_size = tokenizer.name_or_path, len(tokenizer)
+    dtype = token_dtype(vocab_size)
+    split = {"method": "tail", "val_fraction": float(val_fraction)}
+    identity = {"tokenizer": [name, vocab_size], "split": split, "source": source.identity(), "version": 1}
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    started = time.perf_counter()
+    if not force and meta_path(out).is_file():
+        try:
+            data = open_tokens(out)
+        except TokenFileError:
+            data = None  # damaged or foreign: write it again
+        if data is not None and data.meta.fingerprint == fingerprint:
+            return PrepareResult(out, data.meta, reused=True, seconds=time.perf_counter() - started)
+    meta_path(out).unlink(missing_ok=True)  # until the new meta.json exists, the folder reads as unprepared
+    with atomic_path(bin_path(out, "train")) as train_tmp, atomic_path(bin_path(out, "val")) as val_tmp:
+        text_bytes, documents, total = _tokenize_to_file(source, tokenizer, dtype, train_tmp, progress)
+        n_val = int(round(total * val_fraction))
+        if n_val < 2 or total - n_val < 2:
+            raise PrepareError(f"{source.describe()} gives {total} tokens, too few to split with "
+                               f"val_fraction={val_fraction}: each side needs at least 2 tokens")
+        _move_tail(train_tmp, val_tmp, dtype, total - n_val)
+    meta = TokenMeta(
+        tokenizer_name=name, vocab_size=vocab_size, dtype=dtype.name, tokens={"train": total - n_val, "val": n_val},
+        split=split, source=source.describe(), text_bytes=text_bytes, documents=documents, fingerprint=fingerprint,
+    )
+    write_meta(out, meta)
+    return PrepareResult(out, meta, reused=False, seconds=time.perf_counter() - started)
+
+
+def _tokenize_to_file(source, tokenizer, dtype: np.dtype, path: Path, progress: bool) -> tuple[int, int, int]:
+    """Append the tokens of every document to `path`; returns (text bytes, documents, tokens)."""
+    end = tokenizer.eos_token_id
+    end_ids = [end] if end is not None else tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    text_bytes = documents = tokens = 0
+    batch: list[str] = []
+    ends: list[bool] = []  # whether each piece in the batch closes its document
+    bar = tqdm(total=source.total_bytes(), desc="tokenizing", unit="B", unit_scale=True, disable=not progress)
+
+    def flush(f) -> int:
+        ids = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+        stream = [np.asarray(piece + (end_ids if last else []), dtype=dtype)  # (n_i,)
+                  for piece, last in zip(ids, ends, strict=True)]
+        joined = np.concatenate(stream) if stream else np.empty(0, dtype)  # (n,)
+        f.write(joined.tobytes())
+        batch.clear()
+        ends.clear()
+        return len(joined)
+
+    with open(path, "wb") as f:
+        for pieces in source.documents():
+            documents += 1
+            previous = None
+            for piece in pieces:
+                if previous is not None:
+                    batch.append(previous)
+                    ends.append(False)
+                previous = piece
+                size = len(piece.encode("utf-8"))
+                text_bytes += size
+                bar.update(size)
+                if len(batch) >= BATCH_PIECES:
+                    tokens += flush(f)
+            if previous is not None:
+                batch.append(previous)
+                ends.append(True)
+            if len(batch) >= BATCH_PIECES:
+                tokens += flush(f)
+        tokens += flush(f)
+    bar.close()
+    if documents == 0 or tokens == 0:
+        raise PrepareError(f"{source.describe()} holds no text to tokenize")
+    return text_bytes, documents, tokens
+
+
+def _move_tail(train_path: Path, val_path: Path, dtype: np.dtype, n_train: int) -> None:
+    """Copy tokens [n_train:] of train_path into val_path, then cut train_path to n_train tokens."""
+    stream = np.memmap(train_path, dtype=dtype, mode="r")  # (total,)
+    with open(val_path, "wb") as f:
+        for start in range(n_train, len(stream), 1 << 24):
+            f.write(np.asarray(stream[start : start + (1 << 24)]).tobytes())
+    del stream  # close the map before truncating the file under it
+    os.truncate(train_path, n_train * dtype.itemsize)
+
+
+# ------------------------------------------------------------------ command
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nanogpt_lib.prepare",
+        description="Tokenize a corpus into train.bin / val.bin token files and meta.json for "
+        "`python -m nanogpt_lib.train --data FOLDER`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="UTF-8 text files and folders (every *.txt below them); none: the bundled corpus")
+    p.add_argument("--out", type=Path, required=True, help="folder for train.bin, val.bin and meta.json")
+    p.add_argument("--tokenizer", default=HUB_TOKENIZER,
+                   help="Hugging Face tokenizer id or local folder; falls back to the bundled one when unavailable")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of tokens (the last ones) kept for validation")
+    p.add_argument("--force", action="store_true", help="tokenize again even when the folder holds these inputs")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    ds = p.add_argument_group("Hugging Face dataset (instead of paths; needs `pip install 'nanogpt-lib[corpora]'`)")
+    ds.add_argument("--dataset", default=None,
+                    help="Hub name, a builder such as 'json', 'text' or 'parquet' with --data-files, "
+                    "or a save_to_disk folder")
+    ds.add_argument("--dataset-config", default=None, help="dataset configuration (subset) name")
+    ds.add_argument("--dataset-split", default="train", help="split to read")
+    ds.add_argument("--text-column", default="text", help="column that holds the text")
+    ds.add_argument("--data-files", nargs="+", default=(), help="local files for a builder such as 'json'")
+    ds.add_argument("--max-documents", type=int, default=None, help="stop after this many records")
+    return p
+
+
+def main(argv: list[str] | None = None) -> PrepareResult:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.dataset is not None and args.paths:
+            raise PrepareError("give text paths or --dataset, not both")
+        if args.max_documents is not None and args.max_documents < 1:
+            raise PrepareError(f"--max-documents {args.max_documents} is not allowed: it must be >= 1")
+        if args.dataset is None:
+            source = files_source(args.paths)
+        else:
+            source = HFDataset(args.dataset, args.text_column, args.dataset_config, args.dataset_split,
+                               tuple(args.data_files), args.max_documents)
+        tokenizer = load_tokenizer(args.tokenizer)
+        result = prepare(source, args.out, tokenizer, args.val_fraction, args.force, args.progress)
+    except (ValueError, OSError) as err:  # bad sources, files, folders: one line, no traceback
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    meta = result.meta
+    if result.reused:
+        print(f"{result.folder} already holds these inputs' tokens ({meta.tokens['train']:,} train + "
+              f"{meta.tokens['val']:,} val); nothing to do (--force tokenizes again)")
+    else:
+        print(f"Tokenized {meta.source}: {meta.text_bytes / 1e6:.2f} MB of text, {meta.documents:,} documents in "
+              f"{result.seconds:.2f} s ({result.mb_per_s:.2f} MB/s) -> {meta.tokens['train']:,} train + "
+              f"{meta.tokens['val']:,} val {meta.dtype} tokens in {result.folder}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

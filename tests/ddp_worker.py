@@ -1,0 +1,24 @@
+"""`python -m nanogpt_lib.train` for test_distributed, with one rank made to fail on purpose.
+
+Run by torchrun: the rank named by FAIL_RANK raises at its FAIL_STEP-th optimisation step, the way
+a real fault (out of memory, a bad node) would, while the other ranks wait in a collective.
+"""
+
+import os
+import sys
+
+from nanogpt_lib import corpus_train
+from nanogpt_lib.train import main
+
+if os.environ.get("RANK") == os.environ.get("FAIL_RANK"):
+    real_step, calls = corpus_train.accumulated_step, []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == int(os.environ["FAIL_STEP"]):
+            raise RuntimeError(f"injected failure on rank {os.environ['RANK']}")
+        return real_step(*args, **kwargs)
+
+    corpus_train.accumulated_step = failing_step
+
+main(sys.argv[1:])
