@@ -21,7 +21,6 @@
     distributed     DistributedDataParallel under torchrun
     corpus_train    training on a token folder: evaluation, clipping, accumulation, resume
     corpus_cli      the --data options of the command line
-    plotting        loss curves as a PNG
 """
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint

@@ -22,7 +22,7 @@ from .config import GPTConfig
 from .corpus_train import CorpusConfig, CorpusRun, train_corpus
 from .distributed import init_distributed, shutdown
 from .model import GPT
-from .plotting import plot_losses
+from .plots import plot_corpus_history, save_png
 from .tokenizer import load_tokenizer
 from .tokens import open_tokens
 from .training import TrainConfig
@@ -129,5 +129,5 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
     if args.checkpoint is not None:
         say(f"Checkpoint saved to {args.checkpoint}")
     if plot is not None and ctx.is_main:
-        say(f"Loss curves saved to {plot_losses(result.history, plot)}")
+        say(f"Loss curves saved to {save_png(plot_corpus_history(result.history), plot)}")
     return result

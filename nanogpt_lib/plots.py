@@ -1,16 +1,18 @@
 """The course's figures: small, titled, axes labelled with units. Each function returns the Figure
-(nothing is written to disk; a notebook shows it with `plt.show()`)."""
+(a notebook shows it with `plt.show()`); only `save_png` writes, for the command line."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from .atomic import atomic_path
 from .config import GPTConfig
 from .costs import format_count, model_cost
 from .evaluation import PositionReport
@@ -57,6 +59,31 @@ def plot_history(history: History, vocab_size: int) -> Figure:
         ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def plot_corpus_history(history: History) -> Figure:
+    """A corpus run: training loss per step and the periodic train / validation evaluations.
+
+    Built on a bare `Figure` (no pyplot state), so the command line can draw it without a display."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.plot(history.epoch, history.loss, lw=0.8, alpha=0.5, label="train (per step, dropout on)")
+    steps = [e["step"] for e in history.evals]
+    ax.plot(steps, [e["train_loss"] for e in history.evals], "o-", label="train (eval mode, fixed batches)")
+    ax.plot(steps, [e["val_loss"] for e in history.evals], "s-", label="validation (eval mode, fixed batches)")
+    ax.set(xlabel="optimisation step", ylabel="cross-entropy (nats/token)", title="Corpus run: loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write the figure as a PNG, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return path
 
 
 def plot_capacity(results: Sequence) -> Figure:

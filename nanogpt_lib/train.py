@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from . import corpus_cli
 from .checkpoint import save_checkpoint
+from .checkup import checkup_callback
 from .config import GPTConfig, part1_config
 from .data import bundled_paragraph, encode, read_text, shift_targets
-from .evaluation import continue_text, evaluate, reconstruct
+from .evaluation import continue_text, evaluate
 from .model import GPT
 from .tokenizer import HUB_TOKENIZER, load_tokenizer
 from .training import History, TrainConfig, fit, make_optimizer
@@ -125,26 +126,13 @@ def run(args: argparse.Namespace) -> History:
     start = evaluate(model, ids, targets)
     print(f"Initial loss {start.loss:.4f} (ln(vocab_size) = {math.log(config.vocab_size):.4f}), "
           f"perplexity {start.perplexity:,.1f} (vocab_size = {config.vocab_size:,})")
-    def continuation(max_new_tokens: int):
-        return continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, max_new_tokens,
-                             temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
-
-    first = continuation(10)
+    first = continue_text(model, ids, tokenizer, train_config.cont_prefix_tokens, 10,
+                          temperature=train_config.cont_temperature, top_k=train_config.cont_top_k)
     print(f"Before training, {first.prefix!r} continues as {first.generated!r}")
 
-    def on_quarter(epoch: int, percent: int, history: History) -> dict:
-        report = evaluate(model, ids, targets)
-        rec = reconstruct(model, ids, targets, tokenizer)
-        cont = continuation(train_config.cont_new_tokens)
-        # tqdm.write keeps the progress bar below the text instead of cutting through it
-        tqdm.write(f"\n[{percent:3d}%] epoch {epoch}/{train_config.epochs}: train loss {history.loss[-1]:.4f} | "
-                   f"eval loss {report.loss:.4f}, perplexity {report.perplexity:.3f} | "
-                   f"reconstruction {rec.accuracy:.1%}\n"
-                   f"  reconstruction: {rec.text!r}\n"
-                   f"  continuation:   {cont.prefix!r} + {cont.generated!r}")
-        return {"eval_loss": report.loss, "eval_perplexity": report.perplexity,
-                "reconstruction_accuracy": rec.accuracy, "reconstruction": rec.text,
-                "continuation": cont.generated}
+    # at each 25 %: eval loss, reconstruction, continuation (tqdm.write keeps the bar below the text)
+    on_quarter = checkup_callback(model, ids, targets, tokenizer, train_config,
+                                  write=lambda text: tqdm.write("\n" + text))
 
     optimizer = make_optimizer(model, train_config)
     history = fit(model, (ids, targets), train_config, optimizer, on_quarter=on_quarter, progress=args.progress)

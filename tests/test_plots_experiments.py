@@ -91,3 +91,19 @@ def test_params_and_positions_and_shift_plots():
     plt.close(fig)
     with pytest.raises(ValueError, match="3 inputs but 2 targets"):
         plot_shift(["a", "b", "c"], ["b", "c"])
+
+
+def test_corpus_history_plot_and_atomic_png(tmp_path):
+    from nanogpt_lib import History
+    from nanogpt_lib.plots import plot_corpus_history, save_png
+
+    history = History(epoch=[1, 2, 3], loss=[5.0, 4.0, 3.5],
+                      evals=[{"step": 0, "train_loss": 6.0, "val_loss": 6.1, "lr": 0.0},
+                             {"step": 3, "train_loss": 3.4, "val_loss": 3.9, "lr": 1e-4}])
+    fig = plot_corpus_history(history)
+    ax = fig.axes[0]
+    assert [ln.get_label().split(" ")[0] for ln in ax.get_lines()] == ["train", "train", "validation"]
+    _check_labelled(fig, 1)
+    path = save_png(fig, tmp_path / "loss.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]  # no temporary file left behind
