@@ -99,7 +99,9 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     peak = matmul_peak(device)
     print(f"machine: {machine()}")
-    print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s; bf16 fast on this CPU: {cpu_has_fast_bf16()}\n")
+    bf16 = matmul_peak(device, torch.bfloat16) if device.type == "cuda" or cpu_has_fast_bf16() else None
+    print(f"measured matmul peak: fp32 {peak / 1e9:.1f} GFLOP/s, bf16 "
+          f"{'not measured (no fast bf16 on this CPU)' if bf16 is None else f'{bf16 / 1e9:.1f} GFLOP/s'}\n")
     rows = []
     for name, (config, batches) in configs().items():
         flops_per_token = GPT(config).flops_per_token(config.block_size, training=True)
