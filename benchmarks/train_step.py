@@ -26,10 +26,15 @@ VOCAB = 4096  # the bundled tokenizer's size (the Part-1 model's vocabulary here
 
 
 def configs() -> dict[str, tuple]:
-    """name -> (GPTConfig, batch sizes)."""
+    """key -> (name, GPTConfig, batch sizes)."""
     part1 = part1_config(VOCAB)
-    larger = dataclasses.replace(part1, n_layer=6, n_head=8, n_embd=512, block_size=128)
-    return {"Part 1 (4L 4H 128d, T=100)": (part1, (1, 16)), "larger (6L 8H 512d, T=128)": (larger, (16,))}
+    return {
+        "part1": ("Part 1 (4L 4H 128d, T=100)", part1, (1, 16)),
+        # the post's tokenizer: the output layer and the cross-entropy over 50,257 tokens dominate
+        "part1-vocab50k": ("Part 1, vocab 50,257", part1_config(50257), (16,)),
+        "larger": ("larger (6L 8H 512d, T=128)",
+                   dataclasses.replace(part1, n_layer=6, n_head=8, n_embd=512, block_size=128), (16,)),
+    }
 
 
 def _step(model, optimizer, forward, autocast):
@@ -93,6 +98,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--configs", nargs="+", choices=sorted(configs()), default=sorted(configs()),
+                   help="which model sizes to run")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,7 +110,8 @@ def main(argv=None) -> None:
     print(f"measured matmul peak: fp32 {peak / 1e9:.1f} GFLOP/s, bf16 "
           f"{'not measured (no fast bf16 on this CPU)' if bf16 is None else f'{bf16 / 1e9:.1f} GFLOP/s'}\n")
     rows = []
-    for name, (config, batches) in configs().items():
+    for key in args.configs:
+        name, config, batches = configs()[key]
         flops_per_token = GPT(config).flops_per_token(config.block_size, training=True)
         for batch in batches:
             print(f"{name}, B={batch} ...")
