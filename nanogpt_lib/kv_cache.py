@@ -19,9 +19,9 @@ class KVCache:
 
     def __init__(self, n_layer: int, batch: int, n_head: int, block_size: int, head_size: int,
                  device: torch.device, dtype: torch.dtype):
-        shape = (n_layer, batch, n_head, block_size, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, block_size, D)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch, n_head, block_size, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]  # L x (B, H, bs, D)
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.block_size = block_size
         self.length = 0  # positions filled, the same in every layer
 
@@ -34,9 +34,10 @@ class KVCache:
         start, end = self.length, self.length + k.shape[2]
         if end > self.block_size:
             raise ValueError(f"the cache holds {self.block_size} positions; {end} were asked for")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, H, end, D) views
+        k_all[:, :, start:] = k
+        v_all[:, :, start:] = v
+        return k_all, v_all
 
     def advance(self, t: int) -> None:
         self.length += t

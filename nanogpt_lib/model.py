@@ -142,18 +142,21 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def _logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def _logits(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         """The network itself, on ids already checked: (B, T) -> (B, T, V). With a cache, idx holds
-        only the new tokens, placed after the cache.length tokens already in it."""
+        only the new tokens, placed after the cache.length tokens already in it. With `last_only`,
+        only the last position goes through ln_f and lm_head: (B, 1, V), all that generation needs."""
         T = idx.shape[1]
         start = 0 if cache is None else cache.length
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        pos_emb = self.transformer.wpe.weight[start : start + T]  # (T, C): rows start .. start+T-1
+        x = self.transformer.wte(idx) + pos_emb  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
 
@@ -231,13 +234,15 @@ class GPT(nn.Module):
             c = self.config
             cache = KVCache(c.n_layer, idx.shape[0], c.n_head, c.block_size, c.head_size, idx.device,
                             self.lm_head.weight.dtype)
+        B, T = idx.shape
+        out = torch.empty(B, T + max_new_tokens, dtype=idx.dtype, device=idx.device)  # (B, T + N)
+        out[:, :T] = idx
         logits = self._next_logits(idx, cache, new=None)  # (B, V)
-        for i in range(max_new_tokens):
-            idx_next = _pick(logits, temperature, top_k, generator)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if i + 1 < max_new_tokens:
-                logits = self._next_logits(idx, cache, new=idx_next)
-        return idx
+        for t in range(T, T + max_new_tokens):
+            out[:, t : t + 1] = _pick(logits, temperature, top_k, generator)  # (B, 1)
+            if t + 1 < T + max_new_tokens:
+                logits = self._next_logits(out[:, : t + 1], cache, new=out[:, t : t + 1])
+        return out
 
     def _next_logits(self, idx: torch.Tensor, cache: KVCache | None, new: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, V) of the token that follows idx (B, T), the context cropped to block_size.
@@ -245,13 +250,12 @@ class GPT(nn.Module):
         With a cache, only `new` (the tokens appended since the last call) goes through the model,
         unless the window is full: then the positions slide and the cache is refilled.
         """
-        window = idx[:, -self.config.block_size :]  # (B, <=block_size)
-        if cache is None:
-            return self._logits(window)[:, -1, :]
-        if new is None or cache.length + new.shape[1] > self.config.block_size:
+        if cache is not None and new is not None and cache.length + new.shape[1] <= self.config.block_size:
+            return self._logits(new, cache, last_only=True)[:, -1, :]  # only the new tokens go through the model
+        if cache is not None:
             cache.reset()
-            return self._logits(window, cache)[:, -1, :]
-        return self._logits(new, cache)[:, -1, :]
+        window = idx[:, -self.config.block_size :]  # (B, <=block_size)
+        return self._logits(window, cache, last_only=True)[:, -1, :]
 
     # -------------------------------------------------------------- accounting
     def num_params(self, non_embedding: bool = False) -> int:
@@ -280,10 +284,10 @@ class GPT(nn.Module):
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
     """The next token (B, 1) from last-position logits (B, V): argmax for top_k=1, else a sample."""
+    if top_k == 1:  # greedy: temperature does not change the order of the logits
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     # subtract the max before dividing, so a tiny temperature gives 0 and -large, never inf - inf
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if top_k == 1:
-        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     if top_k is not None:
         kth = torch.topk(logits, top_k).values[:, -1:]  # (B, 1): k-th largest logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
