@@ -102,7 +102,7 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
     model_config = GPTConfig(block_size=args.block_size, vocab_size=len(tokenizer), n_layer=args.n_layer,
                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias)
     data.check_compatible(tokenizer.name_or_path, model_config.vocab_size)
-    if args.checkpoint is not None and ctx.is_main:
+    if args.checkpoint is not None:  # on every rank: a failure then stops all of them alike
         from .train import check_writable  # the Part-1 check, shared
 
         check_writable(args.checkpoint)

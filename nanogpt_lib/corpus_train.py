@@ -174,7 +174,7 @@ def train_corpus(
     optimizer = optimizer if optimizer is not None else make_optimizer(model, train_config)
     history, start = History(), 0
     if resume is not None:
-        history, start = restore(resume, model, optimizer, data, config, ctx)
+        history, start = restore(resume, model, optimizer, data, config, ctx, train_config.seed)
     ddp = wrap(model, ctx)
     seed = train_config.seed
 
@@ -189,7 +189,7 @@ def train_corpus(
         if on_eval is not None:
             on_eval(record, history)
 
-    if start == 0:
+    if resume is None:  # a resumed run has its step-0 evaluation already
         evaluation(0, schedule(0))
     seconds = 0.0
     bar = tqdm(range(start + 1, config.steps + 1), desc="training", unit="step", initial=start,
@@ -217,8 +217,13 @@ def train_corpus(
     return CorpusRun(history=history, tokens_per_s=rate, train_seconds=seconds)
 
 
+# settings that decide which windows each step and each evaluation reads: fixed for a resume
+# (--steps and --warmup-steps may change: they reshape the learning-rate schedule from there on)
+_FIXED_ON_RESUME = ("batch_size", "grad_accum", "eval_batches")
+
+
 def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,
-            config: CorpusConfig, ctx: DistContext) -> tuple[History, int]:
+            config: CorpusConfig, ctx: DistContext, seed: int) -> tuple[History, int]:
     """Load a corpus checkpoint into model and optimizer; returns its history and step."""
     ck = load_checkpoint(path, model=model, optimizer=optimizer, map_location=ctx.device)
     state = ck.train_state
@@ -235,6 +240,16 @@ def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opt
         raise CheckpointError(
             f"checkpoint {str(path)!r} was trained on token folder fingerprint {fingerprint!r}, "
             f"but {str(data.folder)!r} has {data.meta.fingerprint!r}; resume on the same prepared data"
+        )
+    saved = state.get("corpus_config") or {}
+    now = config.to_dict()
+    changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in _FIXED_ON_RESUME if k in saved and saved[k] != now[k]]
+    if ck.train_config is not None and ck.train_config.seed != seed:
+        changed.append(f"seed: {ck.train_config.seed!r} -> {seed!r}")
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained with other settings ({'; '.join(changed)}); resume with the "
+            f"same ones (--steps and --warmup-steps may change; they reshape the schedule from here on)"
         )
     if step >= config.steps:
         raise CheckpointError(f"checkpoint {str(path)!r} is at step {step}, already at or past --steps "

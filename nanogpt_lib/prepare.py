@@ -15,6 +15,7 @@ same inputs (files of the same size and time stamp, same tokenizer and split) re
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -79,9 +80,9 @@ class HFDataset:
                 f"column {self.text_column!r}{files})")
 
     def identity(self) -> dict:
-        local = [Path(f) for f in self.data_files] + ([Path(self.name)] if Path(self.name).exists() else [])
-        stamps = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in local if p.exists()]
-        return {"dataset": [self.name, self.config, self.split, self.text_column, self.max_documents], "files": stamps}
+        local = list(self.data_files) + ([self.name] if Path(self.name).exists() else [])
+        return {"dataset": [self.name, self.config, self.split, self.text_column, self.max_documents],
+                "files": _stamps(local)}
 
     def total_bytes(self) -> int | None:
         return None  # a streamed dataset does not say how large it is
@@ -101,6 +102,25 @@ class HFDataset:
                     f"column {self.text_column!r} of {self.describe()} holds {type(text).__name__}, not text"
                 )
             yield iter([text])
+
+
+def _stamps(patterns: list[str]) -> list[list]:
+    """[path, size, mtime] of every file a pattern names: globs expanded, folders walked."""
+    stamps = []
+    for pattern in patterns:
+        for match in sorted(glob.glob(str(pattern), recursive=True)):
+            path = Path(match)
+            files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+            stamps += [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return stamps
+
+
+def _tokenizer_identity(tokenizer) -> list:
+    """Name, size, and a hash of the tokenizer's own definition (a retrained tokenizer of the same
+    name and size must not reuse old tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest = hashlib.sha256(backend.to_str().encode()).hexdigest()[:16] if backend is not None else None
+    return [tokenizer.name_or_path, len(tokenizer), digest]
 
 
 def files_source(paths: list[str | Path]) -> TextFiles:
@@ -199,7 +219,8 @@ def prepare(
     name, vocab_size = tokenizer.name_or_path, len(tokenizer)
     dtype = token_dtype(vocab_size)
     split = {"method": "tail", "val_fraction": float(val_fraction)}
-    identity = {"tokenizer": [name, vocab_size], "split": split, "source": source.identity(), "version": 1}
+    identity = {"tokenizer": _tokenizer_identity(tokenizer), "split": split, "source": source.identity(),
+                "version": 2}
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     started = time.perf_counter()
     if not force and meta_path(out).is_file():
@@ -209,7 +230,6 @@ def prepare(
             data = None  # damaged or foreign: write it again
         if data is not None and data.meta.fingerprint == fingerprint:
             return PrepareResult(out, data.meta, reused=True, seconds=time.perf_counter() - started)
-    meta_path(out).unlink(missing_ok=True)  # until the new meta.json exists, the folder reads as unprepared
     with atomic_path(bin_path(out, "train")) as train_tmp, atomic_path(bin_path(out, "val")) as val_tmp:
         text_bytes, documents, total = _tokenize_to_file(source, tokenizer, dtype, train_tmp, progress)
         n_val = int(round(total * val_fraction))
@@ -217,6 +237,9 @@ def prepare(
             raise PrepareError(f"{source.describe()} gives {total} tokens, too few to split with "
                                f"val_fraction={val_fraction}: each side needs at least 2 tokens")
         _move_tail(train_tmp, val_tmp, dtype, total - n_val)
+        # the new tokens are complete: only now may the old folder stop reading as prepared (a failure
+        # above leaves it intact); until the new meta.json is written, it reads as unprepared
+        meta_path(out).unlink(missing_ok=True)
     meta = TokenMeta(
         tokenizer_name=name, vocab_size=vocab_size, dtype=dtype.name, tokens={"train": total - n_val, "val": n_val},
         split=split, source=source.describe(), text_bytes=text_bytes, documents=documents, fingerprint=fingerprint,
@@ -235,6 +258,8 @@ def _tokenize_to_file(source, tokenizer, dtype: np.dtype, path: Path, progress: 
     bar = tqdm(total=source.total_bytes(), desc="tokenizing", unit="B", unit_scale=True, disable=not progress)
 
     def flush(f) -> int:
+        if not batch:  # the last piece filled the previous batch exactly
+            return 0
         ids = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
         stream = [np.asarray(piece + (end_ids if last else []), dtype=dtype)  # (n_i,)
                   for piece, last in zip(ids, ends, strict=True)]

@@ -171,7 +171,7 @@ def open_tokens(folder: str | Path) -> TokenData:
 # ------------------------------------------------------------------ windows
 def window_starts(n_tokens: int, block_size: int, count: int, seed: int, stream: int, step: int) -> np.ndarray:
     """`count` window starts in [0, n_tokens - block_size), a pure function of (seed, stream, step)."""
-    rng = np.random.default_rng([seed, stream, step])
+    rng = np.random.default_rng([seed % 2**64, stream, step])  # numpy wants non-negative seeds
     return rng.integers(0, n_tokens - block_size, size=count)  # (count,)
 
 

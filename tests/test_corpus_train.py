@@ -1,5 +1,6 @@
 """Corpus training: schedule, accumulation, evaluation, exact resume, and the --data command line."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -94,6 +95,30 @@ def test_resume_refuses_other_data_and_finished_runs(data, tmp_path, bundled_tok
     prepare(files_source([tmp_path / "other.txt"]), tmp_path / "other", bundled_tokenizer, progress=False)
     with pytest.raises(CheckpointError, match=r"fingerprint '[0-9a-f]+', but .* has '[0-9a-f]+'"):
         _run(open_tokens(tmp_path / "other"), CorpusConfig(steps=4, batch_size=4, eval_interval=2), resume=ck)
+    longer = CorpusConfig(steps=4, batch_size=8, grad_accum=2, eval_interval=2, eval_batches=1, warmup_steps=0)
+    with pytest.raises(CheckpointError, match=r"other settings \(batch_size: 4 -> 8; grad_accum: 1 -> 2\)"):
+        _run(data, longer, resume=ck)
+    model = _model()
+    with pytest.raises(CheckpointError, match=r"seed: 7 -> 8"):
+        train_corpus(model, data, TrainConfig(lr=1e-3, seed=8), dataclasses.replace(config, steps=4), resume=ck,
+                     progress=False)
+
+
+def test_resuming_from_the_first_evaluation_does_not_repeat_it(data, tmp_path):
+    config = CorpusConfig(steps=4, batch_size=4, eval_interval=2, eval_batches=1, warmup_steps=0)
+    ck = tmp_path / "run.pt"
+    _run(data, dataclasses.replace(config, steps=1, eval_interval=5), checkpoint=ck)  # saved at steps 0 and 1
+    first = load_checkpoint(ck)
+    assert [e["step"] for e in first.history.evals] == [0, 1]
+    _, resumed = _run(data, config, resume=ck)
+    assert [e["step"] for e in resumed.history.evals] == [0, 1, 2, 4]
+
+
+def test_a_negative_seed_works(data):
+    model = _model()
+    run = train_corpus(model, data, TrainConfig(lr=1e-3, seed=-3), CorpusConfig(steps=2, batch_size=4,
+                       eval_interval=2, eval_batches=1, warmup_steps=0), progress=False)
+    assert len(run.history.loss) == 2
 
 
 @pytest.mark.parametrize("kwargs, message", [

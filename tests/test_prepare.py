@@ -120,6 +120,38 @@ def test_a_saved_dataset_folder_works(tmp_path, bundled_tokenizer):
     prepare(HFDataset(str(tmp_path / "saved")), tmp_path / "out", bundled_tokenizer, progress=False)
     data = open_tokens(tmp_path / "out")
     assert np.array_equal(np.concatenate([data.train, data.val]), _expected_stream(bundled_tokenizer, texts))
+    # other texts saved into the same folder: the files inside changed, so nothing is reused
+    other = [f"Outro texto {i}, bem diferente." for i in range(20)]
+    datasets.Dataset.from_dict({"text": other}).save_to_disk(str(tmp_path / "saved"))
+    again = prepare(HFDataset(str(tmp_path / "saved")), tmp_path / "out", bundled_tokenizer, progress=False)
+    assert not again.reused
+    data = open_tokens(tmp_path / "out")
+    assert np.array_equal(np.concatenate([data.train, data.val]), _expected_stream(bundled_tokenizer, other))
+
+
+@pytest.mark.parametrize("n_files", [2, 3, 4])
+def test_a_last_piece_that_fills_the_batch_exactly(tmp_path, bundled_tokenizer, monkeypatch, n_files):
+    """With BATCH_PIECES=2, two or four one-piece files end on a full batch: nothing is left to flush."""
+    import nanogpt_lib.prepare as prep
+
+    monkeypatch.setattr(prep, "BATCH_PIECES", 2)
+    texts = [f"Arquivo número {i}, com algumas palavras em português." for i in range(n_files)]
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(text, encoding="utf-8")
+    prepare(files_source([tmp_path / f"{i}.txt" for i in range(n_files)]), tmp_path / "out", bundled_tokenizer,
+            val_fraction=0.3, progress=False)
+    data = open_tokens(tmp_path / "out")
+    assert np.array_equal(np.concatenate([data.train, data.val]), _expected_stream(bundled_tokenizer, texts))
+
+
+def test_a_failed_rerun_leaves_the_prepared_folder_usable(text_folder, tmp_path, bundled_tokenizer):
+    first = prepare(files_source([text_folder]), tmp_path / "out", bundled_tokenizer, progress=False)
+    (text_folder / "bad.txt").write_bytes(b"caf\xe9 em latin-1")
+    with pytest.raises((PrepareError, ValueError), match="bad.txt"):
+        prepare(files_source([text_folder]), tmp_path / "out", bundled_tokenizer, progress=False)
+    data = open_tokens(tmp_path / "out")  # the old tokens, with their meta.json, still there
+    assert data.meta == first.meta
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
 
 def test_cli_reports_throughput_and_reuse(text_folder, tmp_path, capsys):
