@@ -73,6 +73,11 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def timing_cells(seconds: float, tokens: int, reference: float) -> list[str]:
+    """ms, tokens/s and the speed ratio against `reference` seconds, formatted for `table`."""
+    return [f"{1000 * seconds:.1f}", f"{tokens / seconds:,.0f}", f"{reference / seconds:.2f}x"]
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table (printed, and pasted into docs/benchmarks.md)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

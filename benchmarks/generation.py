@@ -19,7 +19,7 @@ import torch
 from nanogpt_lib import GPT, part1_config
 from nanogpt_lib.hf import to_hf
 
-from .common import interleaved, machine, table
+from .common import interleaved, machine, table, timing_cells
 
 PROMPT = 10
 
@@ -63,8 +63,8 @@ def main(argv=None) -> None:
             ref = times["transformers generate"]
             uncached = times["ours, no cache"]
             for variant, t in times.items():
-                rows.append([name, str(new), variant, f"{1000 * t:.1f}", f"{new / t:,.0f}",
-                             f"{uncached / t:.2f}x", f"{ref / t:.2f}x"])
+                ms, rate, vs_uncached = timing_cells(t, new, uncached)
+                rows.append([name, str(new), variant, ms, rate, vs_uncached, f"{ref / t:.2f}x"])
     print()
     print(table(["model", "new tokens", "variant", "ms", "tokens/s", "vs no cache", "vs transformers"], rows))
 

@@ -20,7 +20,7 @@ import torch
 from nanogpt_lib import GPT, TrainConfig, make_optimizer, part1_config, shift_targets
 from nanogpt_lib.hf import to_hf
 
-from .common import cpu_has_fast_bf16, interleaved, machine, matmul_peak, sync, table
+from .common import cpu_has_fast_bf16, interleaved, machine, matmul_peak, sync, table, timing_cells
 
 VOCAB = 4096  # the bundled tokenizer's size (the Part-1 model's vocabulary here)
 
@@ -121,8 +121,7 @@ def main(argv=None) -> None:
             ref = times["transformers GPT2LMHeadModel"]
             for variant, t in times.items():
                 mfu = flops_per_token * tokens / t / peak
-                rows.append([name, str(batch), variant, f"{1000 * t:.1f}", f"{tokens / t:,.0f}",
-                             f"{ref / t:.2f}x", f"{mfu:.1%}"])
+                rows.append([name, str(batch), variant, *timing_cells(t, tokens, ref), f"{mfu:.1%}"])
     print()
     print(table(["config", "B", "variant", "ms/step", "tokens/s", "vs transformers", "MFU (fp32 peak)"], rows))
 

@@ -38,14 +38,13 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         mask, causal = None, True
-        if cache is not None and cache.length > 0:
+        if cache is not None:
             past = cache.length
             k, v = cache.append(layer, k, v)  # (B, H, past + T, D): the cached tokens, then these
-            causal = False  # SDPA's is_causal aligns the mask top-left; these queries sit bottom-right
-            if T > 1:  # query i (position past + i) sees keys 0 .. past + i
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        elif cache is not None:
-            cache.append(layer, k, v)  # the first tokens: plain causal attention over themselves
+            if past > 0:  # SDPA's is_causal aligns the mask top-left; these queries sit bottom-right
+                causal = False
+                if T > 1:  # query i (position past + i) sees keys 0 .. past + i
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         # softmax(q k^T / sqrt(D) + causal mask) v, fused by PyTorch
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal

@@ -53,7 +53,7 @@ class TextFiles:
         return f"{self.label} ({len(self.files)} files)"
 
     def identity(self) -> dict:
-        return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files]}
+        return {"files": [_stamp(p) for p in self.files]}
 
     def total_bytes(self) -> int | None:
         return sum(p.stat().st_size for p in self.files)
@@ -111,8 +111,14 @@ def _stamps(patterns: list[str]) -> list[list]:
         for match in sorted(glob.glob(str(pattern), recursive=True)):
             path = Path(match)
             files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-            stamps += [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+            stamps += [_stamp(f) for f in files]
     return stamps
+
+
+def _stamp(path: Path) -> list:
+    """[absolute path, size, modification time]: what tells a re-run that a file changed."""
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
 def _tokenizer_identity(tokenizer) -> list:
