@@ -81,15 +81,18 @@ def run(args: argparse.Namespace, device: torch.device) -> CorpusRun:
     train_config = TrainConfig(epochs=config.steps, lr=args.lr, weight_decay=args.weight_decay,
                                betas=(args.beta1, args.beta2), seed=args.seed)
     ctx = init_distributed(device, getattr(args, "dist_timeout", 300.0))
+    completed = False
     try:
-        return _train(args, config, train_config, ctx)
+        result = _train(args, config, train_config, ctx)
+        completed = True
+        return result
     except Exception as err:
         if ctx.is_distributed:  # one clear line per failing rank; torchrun then stops the others
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             print(f"rank {ctx.rank} of {ctx.world_size} failed: {type(err).__name__}: {first}", file=sys.stderr)
         raise
     finally:
-        shutdown(ctx)
+        shutdown(ctx, completed=completed)
 
 
 def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> CorpusRun:

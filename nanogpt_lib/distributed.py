@@ -9,6 +9,7 @@ update equals the one-process update on the whole batch.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,9 +62,21 @@ def init_distributed(device: torch.device, timeout_s: float = 300.0) -> DistCont
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.is_distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(ctx: DistContext, *, completed: bool = True) -> None:
+    """Leave the process group: after a completed run, all ranks together.
+
+    A rank that finishes first (rank 0 still saving, say) waits at a barrier, so no rank tears its
+    connections down while a peer still uses them. DDP wrappers live in reference cycles (their
+    gradient hooks point back at them) and hold the group: they are collected here, while the
+    interpreter is whole, not during its shutdown, where gloo's threads can abort the process.
+    After a failure there is no barrier: the others may never arrive.
+    """
+    if not (ctx.is_distributed and dist.is_initialized()):
+        return
+    if completed:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:

@@ -54,7 +54,7 @@ def test_two_processes_match_one_and_their_checkpoint_loads_in_one(tokens, tmp_p
     single_out = capsys.readouterr().out
     result = torchrun(["-m", "nanogpt_lib.train"], ["--data", str(tokens), "--steps", "8", "--checkpoint", str(two),
                                                     *MODEL])
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
     assert "x 2 process(es)" in result.stdout and "global batch 8 = 2 x 2 x 2 windows" in result.stdout
     assert result.stdout.count("step      8/8") == 1 and result.stdout.count("Checkpoint saved") == 1  # rank 0 only
     assert "x 1 process(es)" in single_out
