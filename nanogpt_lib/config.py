@@ -1,12 +1,16 @@
 """The model's hyper-parameters: one dataclass, checked when it is built.
 
 The defaults are GPT-2 small (124M parameters). Part 1 of the series trains a much
-smaller model (`part1_config`) on a single paragraph.
+smaller model (`part1_config`) on a single paragraph. Part 2 turns some MLPs into a Mixture of
+Experts (`n_expert` > 0; see `moe.py`); with `n_expert = 0`, the default, the model is dense.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
+
+DISPATCHES = ("vectorised", "loop")
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,17 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout probability during training
     bias: bool = True  # biases in Linear and LayerNorm, as in GPT-2
+    # --- Mixture of Experts (Part 2); n_expert = 0 keeps every block dense
+    n_expert: int = 0  # experts per MoE layer (1 is allowed: it equals the dense MLP)
+    top_k: int = 2  # experts each token is sent to
+    moe_every: int = 1  # blocks moe_every-1, 2*moe_every-1, ... are MoE (1: all, 2: every other)
+    expert_hidden: int | None = None  # hidden width of one expert; None: 4 * n_embd, the dense MLP's
+    capacity_factor: float | None = 1.25  # training: slots per expert = factor * tokens * top_k / n_expert
+    eval_capacity_factor: float | None = 2.0  # the same in eval mode; None: no limit, nothing dropped
+    aux_loss_weight: float = 0.01  # Switch load-balancing loss weight
+    z_loss_weight: float = 0.001  # ST-MoE router z-loss weight
+    router_noise: float = 0.0  # std of Gaussian noise on router logits, training only
+    moe_dispatch: str = "vectorised"  # "vectorised" (batched matmuls) or "loop" (one expert at a time)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -39,6 +54,47 @@ class GPTConfig:
             )
         if not isinstance(self.bias, bool):
             raise ValueError(f"GPTConfig.bias={self.bias!r} is not allowed: it must be True or False")
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        if not _is_int(self.n_expert) or self.n_expert < 0:
+            fail("n_expert", "it must be an integer >= 0 (0: dense model)")
+        if not _is_int(self.top_k) or self.top_k < 1:
+            fail("top_k", "it must be an integer >= 1")
+        if 0 < self.n_expert < self.top_k:
+            fail("top_k", f"a token cannot go to more experts than the n_expert={self.n_expert} there are")
+        if not _is_int(self.moe_every) or self.moe_every < 1:
+            fail("moe_every", "it must be an integer >= 1 (1: every block, 2: every other block)")
+        if self.n_expert > 0 and self.moe_every > self.n_layer:
+            fail("moe_every", f"with n_layer={self.n_layer} no block would be MoE; use 1..{self.n_layer}")
+        if self.expert_hidden is not None and (not _is_int(self.expert_hidden) or self.expert_hidden < 1):
+            fail("expert_hidden", "it must be None (4 * n_embd) or an integer >= 1")
+        for name in ("capacity_factor", "eval_capacity_factor"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not 0 < value < math.inf):
+                fail(name, "it must be None (no limit) or a finite number > 0")
+        for name in ("aux_loss_weight", "z_loss_weight", "router_noise"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < math.inf:
+                fail(name, "it must be a finite number >= 0")
+        if self.moe_dispatch not in DISPATCHES:
+            fail("moe_dispatch", f"choose one of {DISPATCHES}")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) holds a Mixture of Experts instead of the dense MLP."""
+        return self.n_expert > 0 and layer % self.moe_every == self.moe_every - 1
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [i for i in range(self.n_layer) if self.is_moe_layer(i)]
+
+    @property
+    def hidden_size(self) -> int:
+        """Hidden width of one expert (the dense MLP's 4 * n_embd unless expert_hidden says otherwise)."""
+        return 4 * self.n_embd if self.expert_hidden is None else self.expert_hidden
 
     @property
     def head_size(self) -> int:
@@ -67,6 +123,14 @@ def part1_config(vocab_size: int) -> GPTConfig:
         dropout=0.2,
         bias=True,
     )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _divisors(n: int) -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import GPTConfig
 from .corpus_train import CorpusConfig, CorpusRun, train_corpus
 from .distributed import init_distributed, shutdown
 from .model import GPT
@@ -100,14 +99,14 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
         if ctx.is_main:
             tqdm.write(line)
 
+    from .train import check_writable, describe  # shared with Part 1
+    from .train import model_config as config_from_args
+
     data = open_tokens(args.data)
     tokenizer = load_tokenizer(args.tokenizer, verbose=ctx.is_main)
-    model_config = GPTConfig(block_size=args.block_size, vocab_size=len(tokenizer), n_layer=args.n_layer,
-                             n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias)
+    model_config = config_from_args(args, len(tokenizer))
     data.check_compatible(tokenizer.name_or_path, model_config.vocab_size)
     if args.checkpoint is not None:  # on every rank: a failure then stops all of them alike
-        from .train import check_writable  # the Part-1 check, shared
-
         check_writable(args.checkpoint)
     plot = getattr(args, "plot", None)
     if plot is not None and plot.is_dir():
@@ -116,7 +115,7 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
     model = GPT(model_config).to(ctx.device)
     micro = config.micro_batch_size(ctx.world_size)
     say(f"Device {ctx.device} x {ctx.world_size} process(es); {data.meta.tokens['train']:,} train + "
-        f"{data.meta.tokens['val']:,} val tokens in {data.folder}; model {model.num_params():,} parameters; "
+        f"{data.meta.tokens['val']:,} val tokens in {data.folder}; model {describe(model)}; "
         f"global batch {config.batch_size} = {ctx.world_size} x {config.grad_accum} x {micro} windows "
         f"of {model_config.block_size} tokens")
 

@@ -99,11 +99,13 @@ EvalCallback = Callable[[dict, History], None]
 
 # --------------------------------------------------------------------- steps
 def accumulated_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch],
-                     grad_clip: float | None) -> float:
-    """One optimisation step over several micro-batches; returns this rank's mean loss.
+                     grad_clip: float | None, moe_log: list | None = None) -> float:
+    """One optimisation step over several micro-batches; returns this rank's mean cross-entropy.
 
     Each micro-batch's loss is divided by their number so the gradients add up to the mean. Under
     DDP, gradients are all-reduced only in the last micro-step's backward (`no_sync` before).
+    MoE models add their penalty to the loss they differentiate; with `moe_log`, the last
+    micro-batch's routing record (this rank's) is appended to it.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -112,9 +114,11 @@ def accumulated_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, b
         last = i == len(batches) - 1
         sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            _, loss = model(x, targets=y)
-            (loss / len(batches)).backward()
+            _, loss, moe = model(x, targets=y, with_moe=True)
+            ((loss + moe.penalty) / len(batches)).backward()
         total += loss.item() / len(batches)
+    if moe_log is not None and moe.layers:
+        moe_log.append(moe.record())
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -202,7 +206,7 @@ def train_corpus(
                    shard_batches(data.train, starts, block, config.grad_accum, ctx.world_size, ctx.rank)]
         torch.manual_seed(step_seed(seed, step, ctx.rank))
         began = time.perf_counter()
-        loss = mean_over_ranks(accumulated_step(ddp, optimizer, batches, config.grad_clip), ctx)
+        loss = mean_over_ranks(accumulated_step(ddp, optimizer, batches, config.grad_clip, history.moe), ctx)
         seconds += time.perf_counter() - began
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; try a lower learning rate")

@@ -29,6 +29,7 @@ class ModelCost:
     config: GPTConfig
     params: int  # every parameter, the tied wte / lm_head matrix once
     non_embedding_params: int  # without wte and wpe (the N of scaling laws)
+    active_params: int  # what one token uses: in MoE layers only top_k of the experts (= params when dense)
     train_flops_per_token: int  # forward + backward at seq_len = block_size
     forward_flops_per_token: int
 
@@ -58,6 +59,7 @@ def model_cost(config: GPTConfig) -> ModelCost:
         config=config,
         params=model.num_params(),
         non_embedding_params=model.num_params(non_embedding=True),
+        active_params=model.num_active_params(),
         train_flops_per_token=model.flops_per_token(training=True),
         forward_flops_per_token=model.flops_per_token(training=False),
     )

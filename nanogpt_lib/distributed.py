@@ -83,7 +83,10 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """The model in DDP when there are several ranks (rank 0's weights are broadcast to all)."""
     if not ctx.is_distributed:
         return model
-    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    # an MoE expert that no token chose this step gets no gradient: DDP must be told to expect it
+    moe = getattr(getattr(model, "config", None), "n_expert", 0) > 0
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                   find_unused_parameters=moe)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

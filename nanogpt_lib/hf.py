@@ -24,6 +24,9 @@ def to_hf(model: GPT):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = model.config
+    if cfg.n_expert > 0:
+        raise ValueError(f"to_hf: this model has Mixture-of-Experts layers (n_expert={cfg.n_expert}, blocks "
+                         f"{cfg.moe_layers}); GPT2LMHeadModel has dense MLPs only, so only n_expert=0 converts")
     hf_config = GPT2Config(
         vocab_size=cfg.vocab_size,
         n_positions=cfg.block_size,

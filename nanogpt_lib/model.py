@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .kv_cache import KVCache
+from .moe import BatchedLinear, MoE, MoELayerOutput, MoEOutput
 
 IGNORE_INDEX = -1  # target value that the loss skips (the last position of the shifted targets)
 
@@ -68,19 +69,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x)).
 
-    def __init__(self, config: GPTConfig):
+    In an MoE block `mlp` is a Mixture of Experts (see `moe.py`); its losses and statistics are
+    appended to `moe_out` when the caller passes a list.
+    """
+
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.is_moe_layer(layer) else MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, moe_out: list | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
-        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
-        return x
+        if isinstance(self.mlp, MoE):
+            y, out = self.mlp(self.ln_2(x))  # (B, T, C), the layer's losses
+            if moe_out is not None:
+                moe_out.append(out)
+            return x + y
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
 class GPT(nn.Module):
@@ -94,7 +105,7 @@ class GPT(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # learned positions
                 drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
@@ -116,15 +127,20 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, BatchedLinear):  # each expert starts like a dense Linear
+            module.reset_parameters()
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, with_moe: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, MoEOutput]:
         """Logits for every position, (B, T, V), and the mean cross-entropy when targets are given.
 
         Targets equal to -1 are ignored by the loss (the seed's shifted last position).
         Any integer dtype is accepted (uint16 token files included) and used as int64.
+        The loss is cross-entropy only. With `with_moe=True` a third value, an `MoEOutput`, carries
+        the MoE layers' auxiliary losses (and `penalty`, what training adds to the loss) and their
+        routing statistics; a dense model returns zeros there.
         """
         idx = self._checked_idx(idx)
         if idx.shape[1] > self.config.block_size:
@@ -134,14 +150,19 @@ class GPT(nn.Module):
             )
         if targets is not None:
             targets = self._checked_targets(targets, idx.shape)
-        logits = self._logits(idx)  # (B, T, V)
+        moe_out: list[MoELayerOutput] = []
+        logits = self._logits(idx, moe_out=moe_out)  # (B, T, V)
         loss = None
         if targets is not None:
             B, T, V = logits.shape
             loss = F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=IGNORE_INDEX)
+        if with_moe:
+            return logits, loss, MoEOutput.collect(moe_out, self.config, logits.device)
         return logits, loss
 
-    def _logits(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def _logits(
+        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False, moe_out: list | None = None
+    ) -> torch.Tensor:
         """The network itself, on ids already checked: (B, T) -> (B, T, V). With a cache, idx holds
         only the new tokens, placed after the cache.length tokens already in it. With `last_only`,
         only the last position goes through ln_f and lm_head: (B, 1, V), all that generation needs."""
@@ -151,7 +172,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + pos_emb  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)  # (B, T, C)
+            x = block(x, cache, i, moe_out)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         if last_only:
@@ -268,15 +289,31 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
+    def num_active_params(self, non_embedding: bool = False) -> int:
+        """Parameters one token actually uses: in each MoE layer only k of the E experts.
+
+        Equals `num_params` for a dense model. Compute per token follows the active count; memory
+        follows the total one.
+        """
+        n = self.num_params(non_embedding)
+        for block in self.transformer.h:
+            if isinstance(block.mlp, MoE):
+                n -= (block.mlp.n_expert - block.mlp.top_k) * block.mlp.experts.params_per_expert()
+        return n
+
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
         """Estimated FLOPs per token (multiply and add counted as 2), as in the PaLM appendix.
 
-        Forward: 2 x (weights used in matrix products, lm_head included) plus attention's
-        q k^T and (att) v, 2 x 2 x T x C per layer (no discount for the causal mask).
-        Training (forward + backward) costs three forward passes.
+        Forward: 2 x (weights used in matrix products, lm_head and routers included, and of each
+        MoE layer only the k experts a token visits) plus attention's q k^T and (att) v,
+        2 x 2 x T x C per layer (no discount for the causal mask). Training (forward + backward)
+        costs three forward passes.
         """
         T = self.config.block_size if seq_len is None else seq_len
         matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        for m in self.modules():
+            if isinstance(m, MoE):
+                matmul_weights += m.top_k * sum(lin.weight[0].numel() for lin in (m.experts.c_fc, m.experts.c_proj))
         forward = 2 * matmul_weights + 4 * self.config.n_layer * T * self.config.n_embd
         return 3 * forward if training else forward
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import corpus_cli
 from .checkpoint import save_checkpoint
 from .checkup import checkup_callback
-from .config import GPTConfig, part1_config
+from .config import DISPATCHES, GPTConfig, part1_config
 from .data import bundled_paragraph, encode, read_text, shift_targets
 from .evaluation import continue_text, evaluate
 from .model import GPT
@@ -53,6 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=_P1.dropout, help="dropout probability in [0, 1)")
     model.add_argument("--bias", action=argparse.BooleanOptionalAction, default=_P1.bias,
                        help="biases in Linear and LayerNorm layers")
+    moe = p.add_argument_group("Mixture of Experts (Part 2; the model is dense unless --n-expert > 0)")
+    moe.add_argument("--n-expert", type=int, default=_P1.n_expert, help="experts per MoE layer (0: dense)")
+    moe.add_argument("--top-k", type=int, default=_P1.top_k, help="experts each token is sent to")
+    moe.add_argument("--moe-every", type=int, default=_P1.moe_every,
+                     help="every k-th block is MoE (1: all blocks, 2: every other one)")
+    moe.add_argument("--expert-hidden", type=int, default=_P1.expert_hidden,
+                     help="hidden width of one expert (default: 4 * n_embd)")
+    moe.add_argument("--capacity-factor", type=_factor, default=_P1.capacity_factor,
+                     help="training seats per expert = factor * tokens * top_k / n_expert ('none': no limit)")
+    moe.add_argument("--eval-capacity-factor", type=_factor, default=_P1.eval_capacity_factor,
+                     help="the same for evaluation ('none': no limit)")
+    moe.add_argument("--aux-loss-weight", type=float, default=_P1.aux_loss_weight,
+                     help="weight of the load-balancing loss")
+    moe.add_argument("--z-loss-weight", type=float, default=_P1.z_loss_weight, help="weight of the router z-loss")
+    moe.add_argument("--router-noise", type=float, default=_P1.router_noise,
+                     help="std of the noise on router logits in training")
+    moe.add_argument("--moe-dispatch", choices=DISPATCHES, default=_P1.moe_dispatch,
+                     help="vectorised (batched) or loop (one expert at a time; same results, slower)")
     train = p.add_argument_group("training (TrainConfig)")
     train.add_argument("--epochs", type=int, default=_TC.epochs, help="optimisation steps on the whole text")
     train.add_argument("--lr", type=float, default=_TC.lr, help="AdamW learning rate")
@@ -74,6 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     corpus_cli.add_arguments(p)
     return p
+
+
+def _factor(text: str) -> float | None:
+    """A capacity factor from the command line: a number, or 'none' for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+
+
+_MODEL_OPTIONS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "n_expert", "top_k", "moe_every",
+                  "expert_hidden", "capacity_factor", "eval_capacity_factor", "aux_loss_weight", "z_loss_weight",
+                  "router_noise", "moe_dispatch")
+
+
+def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
+    """The GPTConfig the command-line options describe (the vocabulary comes from the tokenizer)."""
+    return GPTConfig(vocab_size=vocab_size, **{name: getattr(args, name) for name in _MODEL_OPTIONS})
+
+
+def describe(model: GPT) -> str:
+    """'1,330,432 parameters (793,344 without embeddings)', plus the active count of an MoE model."""
+    text = f"{model.num_params():,} parameters ({model.num_params(non_embedding=True):,} without embeddings)"
+    c = model.config
+    if c.n_expert > 0:
+        text += (f"; MoE in blocks {c.moe_layers}: {c.n_expert} experts, top-{c.top_k}, "
+                 f"{model.num_active_params():,} active per token")
+    return text
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,16 +160,12 @@ def run(args: argparse.Namespace) -> History:
     )
     tokenizer = load_tokenizer(args.tokenizer)
     text = read_text(args.text_file) if args.text_file is not None else bundled_paragraph()
-    config = GPTConfig(
-        block_size=args.block_size, vocab_size=len(tokenizer), n_layer=args.n_layer, n_head=args.n_head,
-        n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
-    )
+    config = model_config(args, len(tokenizer))
     ids = encode(tokenizer, text, config.block_size).to(device)  # (1, T)
     targets = shift_targets(ids)  # (1, T), last position -1
     torch.manual_seed(train_config.seed)
     model = GPT(config).to(device)
-    print(f"Device {device}; text of {ids.shape[1]} tokens; model {model.num_params():,} parameters "
-          f"({model.num_params(non_embedding=True):,} without embeddings)")
+    print(f"Device {device}; text of {ids.shape[1]} tokens; model {describe(model)}")
 
     start = evaluate(model, ids, targets)
     print(f"Initial loss {start.loss:.4f} (ln(vocab_size) = {math.log(config.vocab_size):.4f}), "
@@ -136,10 +180,22 @@ def run(args: argparse.Namespace) -> History:
 
     optimizer = make_optimizer(model, train_config)
     history = fit(model, (ids, targets), train_config, optimizer, on_quarter=on_quarter, progress=args.progress)
+    if history.moe:
+        print("\n" + routing_summary(history.moe[-1]))
     if args.checkpoint is not None:
         path = save_checkpoint(args.checkpoint, model, optimizer, history, tokenizer.name_or_path, train_config)
         print(f"\nCheckpoint saved to {path}")
     return history
+
+
+def routing_summary(record: dict) -> str:
+    """One line per MoE layer from a step's routing record: drops, busiest expert, router entropy."""
+    lines = [f"Routing at the last step (aux loss {record['aux_loss']:.4f}, z-loss {record['z_loss']:.4f}):"]
+    for i, share in enumerate(record["share"]):
+        busiest = max(share) * len(share)  # max / mean share: 1.0 is perfect balance
+        lines.append(f"  MoE layer {i}: dropped {record['dropped'][i]:.1%}, busiest expert {busiest:.2f}x its fair "
+                     f"share, router entropy {record['entropy'][i]:.3f} nats")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

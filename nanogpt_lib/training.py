@@ -97,14 +97,21 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
-    """One step: forward, loss, backward, update. Returns the loss before the update."""
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+               moe_log: list | None = None) -> float:
+    """One step: forward, loss, backward, update. Returns the cross-entropy before the update.
+
+    The gradient is that of cross-entropy plus the MoE penalty (auxiliary losses, zero for a
+    dense model). With `moe_log`, an MoE model appends this step's routing record to it.
+    """
     x, y = batch
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    _, loss = model(x, targets=y)
-    loss.backward()
+    _, loss, moe = model(x, targets=y, with_moe=True)
+    (loss + moe.penalty).backward()
     optimizer.step()
+    if moe_log is not None and moe.layers:
+        moe_log.append(moe.record())
     return loss.item()
 
 
@@ -114,13 +121,16 @@ class History:
     """Per-epoch training loss and perplexity (dropout on), plus what the callbacks added.
 
     Corpus runs (`corpus_train`) store optimisation steps in `epoch` and their periodic train and
-    validation evaluations in `evals`.
+    validation evaluations in `evals`. MoE models add one routing record per step to `moe`
+    (auxiliary losses, and per layer the expert shares, dropped fraction and router entropy);
+    `loss` stays cross-entropy alone.
     """
 
     epoch: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     quarters: list[dict] = field(default_factory=list)  # one record per 25 % point
     evals: list[dict] = field(default_factory=list)  # corpus runs: {"step", "train_loss", "val_loss", "lr"}
+    moe: list[dict] = field(default_factory=list)  # MoE models: one `MoEOutput.record()` per step
 
     @property
     def perplexity(self) -> list[float]:
@@ -130,12 +140,14 @@ class History:
         d = {"epoch": list(self.epoch), "loss": list(self.loss), "quarters": list(self.quarters)}
         if self.evals:
             d["evals"] = list(self.evals)
+        if self.moe:
+            d["moe"] = list(self.moe)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> History:
         return cls(epoch=list(d["epoch"]), loss=list(d["loss"]), quarters=list(d.get("quarters", [])),
-                   evals=list(d.get("evals", [])))
+                   evals=list(d.get("evals", [])), moe=list(d.get("moe", [])))
 
 
 QuarterCallback = Callable[[int, int, "History"], "dict | None"]
@@ -163,7 +175,7 @@ def fit(
     torch.manual_seed(config.seed)
     bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
-        loss = train_step(model, optimizer, get_batch(epoch))
+        loss = train_step(model, optimizer, get_batch(epoch), history.moe)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at epoch {epoch}; try a lower learning rate")
         history.epoch.append(epoch)

@@ -76,3 +76,15 @@ def test_a_failing_rank_fails_the_whole_run_quickly(tokens):
     assert result.returncode != 0 and elapsed < 60
     assert "rank 1 of 2 failed: RuntimeError: injected failure on rank 1" in result.stderr
     assert "step     50/50" not in result.stdout
+
+
+def test_an_moe_model_trains_under_ddp(tokens, tmp_path):
+    """Experts that no token of a rank chose get no gradient there: DDP must expect unused parameters."""
+    ck = tmp_path / "moe.pt"
+    result = torchrun(["-m", "nanogpt_lib.train"], ["--data", str(tokens), "--steps", "4", "--checkpoint", str(ck),
+                                                    "--n-expert", "4", "--top-k", "1", "--moe-dispatch", "loop",
+                                                    *MODEL])
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    assert "MoE in blocks [0, 1]: 4 experts, top-1" in result.stdout
+    saved = load_checkpoint(ck)
+    assert saved.model.config.n_expert == 4 and len(saved.history.moe) == 4

@@ -1,0 +1,309 @@
+"""Mixture of Experts: a router sends each token to k of E expert MLPs.
+
+A dense block applies one MLP to every token. An MoE block holds E MLPs (the experts) and a
+router, a linear map without bias from the hidden state x (C numbers) to E logits:
+
+    logits = x W_r                       W_r: (C, E)
+    p      = softmax(logits)             router probabilities, sum to 1 over the E experts
+    top-k  = the k experts with the largest p
+    w_j    = p_j / sum_{i in top-k} p_i  for k >= 2: the chosen weights renormalised to sum to 1
+    w_1    = p_1                         for k = 1: the probability itself (Switch Transformer),
+                                         since renormalising would make it the constant 1
+    y      = sum_j w_j * expert_j(x)     the k outputs are added, weighted
+
+The convention matters for learning: the router's only gradient from the language-model loss
+flows through the weights w. With k = 1 and renormalisation, w = 1 and the router would learn
+from the auxiliary losses alone.
+
+Capacity. Experts run on fixed-size buffers, so each expert takes at most
+
+    capacity = ceil(capacity_factor * N * k / E)
+
+of the N tokens in a batch (N * k / E is its share under perfect balance). Seats are given in
+order of preference: every token's first choice before any token's second choice, and within a
+choice in token order. A choice that finds its expert full is dropped: that expert adds nothing
+for that token, which still goes on through the residual connection (x + 0). Drops are counted.
+
+Two auxiliary losses keep routing healthy; both are returned, never stored in a global:
+
+    load balancing (Switch):  L_aux = E * sum_i f_i * P_i
+        f_i = share of the N * k choices that picked expert i (counted before capacity)
+        P_i = mean router probability of expert i over the N tokens
+    L_aux = 1 when routing is perfectly balanced (f_i = P_i = 1/E) and E when every token goes
+    to one expert; only P carries gradient, pushing probability away from crowded experts.
+
+    router z-loss (ST-MoE):   L_z = mean over tokens of (logsumexp(logits))^2
+    keeps the logits small, so the softmax does not saturate and float rounding stays harmless.
+
+Two dispatch implementations compute the same thing. `dispatch_loop` takes the experts one at a
+time (easy to read); `dispatch_vectorised` copies the kept tokens into one (E, S, C) buffer, runs
+all experts with two batched matrix products, and adds the results back (the default).
+
+Shapes: N = tokens (B * T), C = n_embd, E = experts, k = top_k, H = hidden width of an expert,
+S = buffer rows per expert.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+
+# ---------------------------------------------------------------- experts
+class BatchedLinear(nn.Module):
+    """E independent linear maps stored as one tensor: weight (E, in, out), bias (E, out)."""
+
+    def __init__(self, n_expert: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_expert, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_expert, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's start for every expert alike: weights N(0, 0.02), biases 0."""
+        nn.init.normal_(self.weight, mean=0.0, std=0.02)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All experts at once: (E, S, in) -> (E, S, out)."""
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # bias (E, 1, out) + x @ W
+
+    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert `expert` alone: (n, in) -> (n, out)."""
+        y = x @ self.weight[expert]
+        return y if self.bias is None else y + self.bias[expert]
+
+
+class Experts(nn.Module):
+    """E copies of GPT-2's MLP (C -> H -> GELU -> C), their weights batched along a first axis."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        E, C, H = config.n_expert, config.n_embd, config.hidden_size
+        self.c_fc = BatchedLinear(E, C, H, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = BatchedLinear(E, H, C, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on its own rows: (E, S, C) -> (E, S, C)."""
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """One expert on the tokens sent to it: (n, C) -> (n, C)."""
+        return self.dropout(self.c_proj.one(expert, self.gelu(self.c_fc.one(expert, x))))
+
+    def params_per_expert(self) -> int:
+        return sum(p[0].numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------- routing
+@dataclass
+class Routing:
+    """Where the N tokens of a batch go."""
+
+    logits: torch.Tensor  # (N, E) router logits
+    probs: torch.Tensor  # (N, E) softmax of the logits
+    experts: torch.Tensor  # (N, k) chosen experts, most probable first
+    weights: torch.Tensor  # (N, k) combine weights (see the module docstring)
+    slot: torch.Tensor  # (N, k) seat of each choice in its expert's buffer (0, 1, ...)
+    kept: torch.Tensor  # (N, k) bool: the choice found a seat (slot < capacity)
+    capacity: int  # seats per expert
+
+    @property
+    def n_expert(self) -> int:
+        return self.probs.shape[1]
+
+    @property
+    def dropped_fraction(self) -> torch.Tensor:
+        """Share of the N * k choices that found their expert full."""
+        return 1.0 - self.kept.float().mean()
+
+    def expert_share(self) -> torch.Tensor:
+        """(E,) share of the N * k choices that picked each expert, before capacity (sums to 1)."""
+        counts = torch.bincount(self.experts.flatten(), minlength=self.n_expert)
+        return counts.float() / self.experts.numel()
+
+
+def expert_capacity(n_tokens: int, n_expert: int, top_k: int, factor: float | None) -> int:
+    """Seats per expert: ceil(factor * N * k / E), never more than N (a token picks an expert once).
+
+    `factor=None` means no limit (N seats: nothing can be dropped).
+    """
+    if factor is None:
+        return n_tokens
+    return min(n_tokens, math.ceil(factor * n_tokens * top_k / n_expert))
+
+
+def route(logits: torch.Tensor, top_k: int, capacity: int) -> Routing:
+    """Top-k choice, combine weights and capacity seats from router logits (N, E)."""
+    N, E = logits.shape
+    probs = F.softmax(logits, dim=-1)  # (N, E)
+    top_p, experts = torch.topk(probs, top_k, dim=-1)  # (N, k) each, most probable first
+    weights = top_p / top_p.sum(dim=-1, keepdim=True) if top_k > 1 else top_p  # (N, k)
+    # Seats, first choices first: order the N * k choices choice-major, then count, for each one,
+    # how many earlier choices went to the same expert.
+    order = experts.t().reshape(-1)  # (k * N,): all first choices, then all second choices, ...
+    seen = F.one_hot(order, E).cumsum(dim=0)  # (k * N, E): running count per expert
+    slot = seen.gather(1, order.unsqueeze(1)).squeeze(1) - 1  # (k * N,): 0 for the first to arrive
+    slot = slot.view(top_k, N).t()  # (N, k), back to one row per token
+    return Routing(logits=logits, probs=probs, experts=experts, weights=weights, slot=slot,
+                   kept=slot < capacity, capacity=capacity)
+
+
+def load_balancing_loss(routing: Routing) -> torch.Tensor:
+    """Switch Transformer's E * sum_i f_i * P_i: 1 when balanced, E when all tokens pick one expert."""
+    f = routing.expert_share()  # (E,) counts: no gradient
+    P = routing.probs.mean(dim=0)  # (E,) differentiable
+    return routing.n_expert * torch.sum(f * P)
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's mean of logsumexp(logits)^2 over tokens: small logits, stable softmax."""
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+# --------------------------------------------------------------- dispatch
+def dispatch_loop(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
+    """Expert by expert: gather its tokens, run it, add its weighted output to them. (N, C) -> (N, C)."""
+    out = torch.zeros_like(x)  # dropped choices add nothing
+    for e in range(routing.n_expert):
+        token, choice = torch.where(routing.kept & (routing.experts == e))  # (n,), (n,)
+        if token.numel() == 0:
+            continue
+        y = experts.one(e, x[token])  # (n, C)
+        w = routing.weights[token, choice].unsqueeze(1)  # (n, 1)
+        out.index_add_(0, token, w * y)  # a token's k outputs are summed, never overwritten
+    return out
+
+
+def dispatch_vectorised(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
+    """All experts at once on an (E, S, C) buffer of the kept tokens. (N, C) -> (N, C)."""
+    N, C = x.shape
+    k = routing.experts.shape[1]
+    kept = routing.kept.flatten()  # (N * k,)
+    token = torch.arange(N, device=x.device).repeat_interleave(k)[kept]  # (M,) M = kept choices
+    expert = routing.experts.flatten()[kept]  # (M,)
+    slot = routing.slot.flatten()[kept]  # (M,)
+    weight = routing.weights.flatten()[kept].unsqueeze(1)  # (M, 1)
+    rows = int(slot.max()) + 1 if slot.numel() else 0  # S: the fullest expert's seats, <= capacity
+    buffer = x.new_zeros(routing.n_expert, rows, C)  # (E, S, C); empty seats stay zero
+    buffer[expert, slot] = x[token]
+    y = experts(buffer)  # (E, S, C)
+    return torch.zeros_like(x).index_add_(0, token, weight * y[expert, slot])  # (N, C)
+
+
+DISPATCH = {"vectorised": dispatch_vectorised, "loop": dispatch_loop}
+
+
+# ----------------------------------------------------------------- layer
+@dataclass
+class LayerStats:
+    """What one MoE layer did on one batch (detached numbers, for logs and plots)."""
+
+    share: torch.Tensor  # (E,) share of choices per expert, before capacity
+    dropped: float  # share of choices over capacity
+    entropy: float  # mean router entropy in nats (ln E: uniform; 0: certain)
+    max_prob: float  # mean probability of the top expert
+
+
+@dataclass
+class MoELayerOutput:
+    aux_loss: torch.Tensor  # load-balancing loss (scalar, with gradient)
+    z_loss: torch.Tensor  # router z-loss (scalar, with gradient)
+    stats: LayerStats
+
+
+class MoE(nn.Module):
+    """Drop-in replacement for the MLP: router + E experts. (B, T, C) -> (B, T, C) and the layer's losses.
+
+    With one expert there is nothing to choose: no router weights, every token goes to the one
+    expert with weight 1, and the block computes exactly what the dense MLP does.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_expert, self.top_k = config.n_expert, config.top_k
+        self.capacity_factor, self.eval_capacity_factor = config.capacity_factor, config.eval_capacity_factor
+        self.noise = config.router_noise
+        self.dispatch = config.moe_dispatch
+        self.router = nn.Linear(config.n_embd, config.n_expert, bias=False) if config.n_expert > 1 else None
+        self.experts = Experts(config)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoELayerOutput]:
+        B, T, C = x.shape
+        flat = x.reshape(B * T, C)  # (N, C): routing ignores the batch and time axes
+        routing = self.route(flat)
+        y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
+        out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=router_z_loss(routing.logits),
+                             stats=layer_stats(routing))
+        return y.view(B, T, C), out
+
+    def route(self, x: torch.Tensor) -> Routing:
+        """Routing of N hidden states (N, C), with the capacity of the current mode (train or eval)."""
+        if self.router is None:
+            logits = x.new_zeros(x.shape[0], 1)  # (N, 1): softmax 1, weight 1
+        else:
+            logits = self.router(x)  # (N, E)
+            if self.training and self.noise > 0:  # exploration: other experts get a chance
+                logits = logits + self.noise * torch.randn_like(logits)
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        return route(logits, self.top_k, expert_capacity(x.shape[0], self.n_expert, self.top_k, factor))
+
+    def active_params(self) -> int:
+        """Parameters one token uses: the router and k of the E experts."""
+        router = 0 if self.router is None else self.router.weight.numel()
+        return router + self.top_k * self.experts.params_per_expert()
+
+
+@torch.no_grad()
+def layer_stats(routing: Routing) -> LayerStats:
+    p = routing.probs
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
+    return LayerStats(share=routing.expert_share().cpu(), dropped=float(routing.dropped_fraction),
+                      entropy=float(entropy), max_prob=float(p.max(dim=-1).values.mean()))
+
+
+# ------------------------------------------------------------------ model
+@dataclass
+class MoEOutput:
+    """The MoE side of a forward pass: losses averaged over the MoE layers, and each layer's stats.
+
+    `penalty` is what training adds to the cross-entropy: aux_loss_weight * aux_loss +
+    z_loss_weight * z_loss. A dense model returns zeros and no layers.
+    """
+
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    penalty: torch.Tensor
+    layers: list[LayerStats]
+
+    @classmethod
+    def collect(cls, outputs: list[MoELayerOutput], config: GPTConfig, device: torch.device) -> MoEOutput:
+        if not outputs:
+            zero = torch.zeros((), device=device)
+            return cls(aux_loss=zero, z_loss=zero, penalty=zero, layers=[])
+        aux = torch.stack([o.aux_loss for o in outputs]).mean()
+        z = torch.stack([o.z_loss for o in outputs]).mean()
+        return cls(aux_loss=aux, z_loss=z, penalty=config.aux_loss_weight * aux + config.z_loss_weight * z,
+                   layers=[o.stats for o in outputs])
+
+    def record(self) -> dict:
+        """Plain numbers for a training log: losses, and per layer the shares, drops, entropy."""
+        return {
+            "aux_loss": float(self.aux_loss.detach()),
+            "z_loss": float(self.z_loss.detach()),
+            "share": [s.share.tolist() for s in self.layers],
+            "dropped": [s.dropped for s in self.layers],
+            "entropy": [s.entropy for s in self.layers],
+            "max_prob": [s.max_prob for s in self.layers],
+        }
