@@ -179,9 +179,10 @@ def render_posts(root: Path = ROOT) -> dict[str, bytes]:
     config = SiteConfig.load(root)
     posts = [NotebookPost.of(path) for path in numbered_notebooks(root)]
     numbers = [post.number for post in posts]
-    for number in sorted({n for n in numbers if numbers.count(n) > 1}):
-        clash = [post.notebook.name for post in posts if post.number == number]
-        raise ValueError(f"notebooks {clash} share the number {number}: the index finds a post by its number")
+    shared = sorted(n for n in set(numbers) if numbers.count(n) > 1)
+    if shared:
+        clash = [post.notebook.name for post in posts if post.number == shared[0]]
+        raise ValueError(f"notebooks {clash} share the number {shared[0]}: the index finds a post by its number")
     post_permalinks = {post.notebook.resolve(): post.permalink for post in posts}
     files: dict[str, bytes] = {}
     for post in posts:
@@ -199,9 +200,9 @@ def owned_files(root: Path) -> set[str]:
 
 def stale_files(root: Path, files: dict[str, bytes]) -> list[str]:
     """Generated files that are missing, differ from `files`, or should not exist any more."""
-    missing_or_changed = [name for name, data in files.items()
-                          if not (root / name).is_file() or (root / name).read_bytes() != data]
-    return sorted(missing_or_changed + sorted(owned_files(root) - files.keys()))
+    missing_or_changed = {name for name, data in files.items()
+                          if not (root / name).is_file() or (root / name).read_bytes() != data}
+    return sorted(missing_or_changed | (owned_files(root) - files.keys()))
 
 
 def write_posts(root: Path, files: dict[str, bytes]) -> list[str]:
