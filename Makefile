@@ -2,6 +2,7 @@
 #   make train   set up .venv and run Part 1 (python -m nanogpt_lib.train)
 #   make test    set up .venv and run the whole test suite (ruff + pytest, notebooks included)
 #   make lab     open the notebooks in JupyterLab; make notebooks re-executes them in place
+#   make posts   regenerate the blog's posts (_posts/, assets/notebooks/) from the executed notebooks
 # torch is installed first, pinned (TORCH=...), from TORCH_INDEX when given: on a Linux machine
 # without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu avoids PyPI's multi-GB CUDA
 # build. To change torch after the first setup, run `make clean` first.
@@ -12,7 +13,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 
-.PHONY: train test setup lab notebooks clean
+.PHONY: train test setup lab notebooks posts clean
 
 # the package alone (enough to train), then the test and notebook extras on top
 $(VENV)/.installed-core: pyproject.toml
@@ -37,6 +38,11 @@ lab: $(VENV)/.installed-dev
 # re-execute the notebooks in place, so their stored outputs match the library again
 notebooks: $(VENV)/.installed-dev
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.record_timing=False notebooks/0*.ipynb
+	$(MAKE) posts
+
+# the Jekyll site's posts from the executed notebooks (see README.md, "The blog site")
+posts: $(VENV)/.installed-dev
+	$(PY) -m blog.posts
 
 test: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
