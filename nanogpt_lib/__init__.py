@@ -2,6 +2,7 @@
 
     config          GPTConfig (the model's hyper-parameters) and the Part-1 preset
     model           GPT: GPT-2 in PyTorch, with GPT-2's module names
+    moe             Mixture of Experts: router, top-k, capacity, dispatch, balancing losses
     hf              conversion to and from transformers' GPT2LMHeadModel
     tokenizer       load_tokenizer: the blog's Hub tokenizer, or the bundled fallback
     tokenizer_train how the bundled tokenizer was trained (reproducible)
@@ -10,7 +11,7 @@
     evaluation      perplexity, reconstruction, continuation, per-position probabilities
     checkup         the 25 % check-up shared by the command line and the notebooks
     costs           parameters, FLOPs, memory and forward time of a configuration
-    experiments     small sweeps the notebooks run (capacity vs cost)
+    experiments     small experiments the notebooks run (capacity vs cost, dense vs MoE)
     plots           the notebooks' matplotlib figures
     widgets         slider callbacks and their ipywidgets wiring
     checkpoint      atomic save / checked load

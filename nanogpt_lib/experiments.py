@@ -1,4 +1,4 @@
-"""Small experiments the notebooks run: the same text and training recipe, several models."""
+"""Small experiments the notebooks run: the same data and training recipe, several models."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import GPTConfig
+from .corpus_train import CorpusConfig, train_corpus
 from .evaluation import evaluate
 from .model import GPT
-from .training import TrainConfig, fit
+from .tokens import TokenData
+from .training import History, TrainConfig, fit
 
 
 @dataclass(frozen=True)
@@ -52,4 +54,45 @@ def capacity_sweep(
             name=name, config=config, params=model.num_params(), seconds=seconds,
             final_loss=evaluate(model, x, y).loss, train_loss=history.loss,
         ))
+    return results
+
+
+@dataclass
+class CorpusResult:
+    name: str
+    model: GPT
+    params: int  # total
+    active_params: int  # used per token (= params for a dense model)
+    history: History  # steps, train losses, evals (train / val), MoE routing records
+    seconds: float  # training steps alone (this machine; varies from run to run)
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.history.evals[-1]["val_loss"]
+
+
+def compare_on_corpus(
+    configs: Mapping[str, GPTConfig],
+    data: TokenData,
+    train_config: TrainConfig,
+    corpus_config: CorpusConfig,
+    progress: bool = True,
+) -> list[CorpusResult]:
+    """Train each named config on the same windows of `data` with the same recipe and seed.
+
+    Every model starts from `torch.manual_seed(train_config.seed)`; the batches are a function of
+    (seed, step), so all models see exactly the same tokens in the same order.
+    """
+    if not configs:
+        raise ValueError("configs is empty; give at least one {name: GPTConfig}")
+    results = []
+    for name, config in tqdm(configs.items(), desc="models", disable=not progress):
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"configs[{name!r}] is a {type(config).__name__}, not a GPTConfig")
+        torch.manual_seed(train_config.seed)
+        model = GPT(config)
+        run = train_corpus(model, data, train_config, corpus_config, progress=False)
+        results.append(CorpusResult(name=name, model=model, params=model.num_params(),
+                                    active_params=model.num_active_params(), history=run.history,
+                                    seconds=run.train_seconds))
     return results

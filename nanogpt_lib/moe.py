@@ -265,6 +265,20 @@ class MoE(nn.Module):
         return router + self.top_k * self.experts.params_per_expert()
 
 
+def imbalance(share) -> float:
+    """Busiest expert's share over the fair share 1/E: 1.0 is perfect balance, E is total collapse."""
+    share = [float(v) for v in share]
+    return max(share) * len(share)
+
+
+def mean_imbalance(records: list[dict]) -> list[float]:
+    """Per MoE layer, the mean `imbalance` over a run's routing records (`History.moe`)."""
+    if not records:
+        raise ValueError("no routing records: was the model dense, or the run empty?")
+    layers = len(records[0]["share"])
+    return [sum(imbalance(r["share"][i]) for r in records) / len(records) for i in range(layers)]
+
+
 @torch.no_grad()
 def layer_stats(routing: Routing) -> LayerStats:
     p = routing.probs

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -16,6 +17,7 @@ from .atomic import atomic_path
 from .config import GPTConfig
 from .costs import format_count, model_cost
 from .evaluation import PositionReport
+from .moe import Routing
 from .training import History
 
 
@@ -148,5 +150,100 @@ def plot_shift(inputs: Sequence[str], targets: Sequence[str], first: int = 5, la
     ax.set(xlim=(-1.2, len(shown)), ylim=(0, 2.5),
            title="targets = inputs shifted left by one; the last target is -1 (ignored by the loss)")
     ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------ Part 2: MoE
+def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) -> Figure:
+    """Left: which expert each token chose (1st / 2nd choice), kept or dropped. Right: each expert's
+    load against its capacity (the seats), kept part and dropped part stacked."""
+    N, E = routing.probs.shape
+    k = routing.experts.shape[1]
+    fig, (ax_grid, ax_load) = plt.subplots(1, 2, figsize=(10, max(3.0, 0.32 * N + 1)),
+                                           gridspec_kw={"width_ratios": [1.2, 1]})
+    ax_grid.imshow(routing.probs.detach().cpu().numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for t in range(N):
+        for j in range(k):
+            e, kept = int(routing.experts[t, j]), bool(routing.kept[t, j])
+            mark = f"{j + 1}" if kept else f"{j + 1}✗"
+            ax_grid.text(e, t, mark, ha="center", va="center", fontsize=9, fontweight="bold",
+                         color="black" if kept else "red")
+    ax_grid.set_xticks(range(E), [f"e{e}" for e in range(E)])
+    ax_grid.set_yticks(range(N), token_labels if token_labels is not None else [f"t{t}" for t in range(N)])
+    ax_grid.set(xlabel="expert", title=f"Router probabilities; 1, 2: choice rank, ✗: dropped (top-{k})")
+    kept_counts = [int((routing.kept & (routing.experts == e)).sum()) for e in range(E)]
+    wanted = [int((routing.experts == e).sum()) for e in range(E)]
+    ax_load.bar(range(E), kept_counts, color="tab:blue", label="kept")
+    ax_load.bar(range(E), [w - c for w, c in zip(wanted, kept_counts, strict=True)], bottom=kept_counts,
+                color="tab:red", alpha=0.6, label="dropped (expert full)")
+    ax_load.axhline(routing.capacity, color="black", ls="--", lw=1, label=f"capacity = {routing.capacity} seats")
+    ax_load.set_xticks(range(E), [f"e{e}" for e in range(E)])
+    ax_load.set(xlabel="expert", ylabel="choices received", title="Load per expert")
+    ax_load.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_val_perplexity(results: Sequence) -> Figure:
+    """Train (dashed) and validation (solid) perplexity at each evaluation, one colour per model.
+
+    `results` are `experiments.CorpusResult`s: the same data, windows and recipe for every model."""
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for r in results:
+        steps = [e["step"] for e in r.history.evals]
+        (line,) = ax.plot(steps, [math.exp(e["val_loss"]) for e in r.history.evals], "o-", ms=3,
+                          label=f"{r.name}: validation")
+        ax.plot(steps, [math.exp(e["train_loss"]) for e in r.history.evals], "--", color=line.get_color(),
+                label=f"{r.name}: train")
+    ax.set(xlabel="optimisation step", ylabel="perplexity (log scale)", yscale="log",
+           title="Train (dashed) and validation (solid) perplexity, eval mode")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_share(history: History, title: str = "") -> Figure:
+    """One heatmap per MoE layer: the share of routing choices each expert received at each step.
+
+    1 / E everywhere is perfect balance; a bright row is an expert that attracts the tokens."""
+    if not history.moe:
+        raise ValueError("this history has no MoE routing records (a dense model?)")
+    shares = torch.tensor([r["share"] for r in history.moe])  # (steps, layers, E)
+    steps, layers, E = shares.shape
+    fig, axes = plt.subplots(1, layers, figsize=(4.2 * layers, 3.2), squeeze=False)
+    first = history.epoch[0] if history.epoch else 1
+    for i, ax in enumerate(axes[0]):
+        image = ax.imshow(shares[:, i, :].T.numpy(), aspect="auto", cmap="viridis", vmin=0,
+                          vmax=max(2.0 / E, float(shares.max())), origin="lower",
+                          extent=(first - 0.5, first + steps - 0.5, -0.5, E - 0.5))
+        ax.set(xlabel="step", ylabel="expert", title=f"MoE layer {i}: share per expert")
+        fig.colorbar(image, ax=ax, fraction=0.046, label=f"share (balanced: {1 / E:.3f})")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_moe_training(history: History) -> Figure:
+    """Per step: the dropped fraction of each MoE layer, the load-balancing loss and the router z-loss."""
+    if not history.moe:
+        raise ValueError("this history has no MoE routing records (a dense model?)")
+    steps = history.epoch[-len(history.moe):]
+    fig, (ax_drop, ax_aux, ax_z) = plt.subplots(1, 3, figsize=(12, 3.2))
+    dropped = torch.tensor([r["dropped"] for r in history.moe])  # (steps, layers)
+    for i in range(dropped.shape[1]):
+        ax_drop.plot(steps, 100 * dropped[:, i].numpy(), lw=1, label=f"layer {i}")
+    ax_drop.set(xlabel="step", ylabel="% of choices dropped", title="Dropped (over capacity)")
+    ax_drop.legend(fontsize="small")
+    ax_aux.plot(steps, [r["aux_loss"] for r in history.moe], lw=1)
+    ax_aux.axhline(1.0, color="grey", ls=":", label="1 = perfectly balanced")
+    ax_aux.set(xlabel="step", ylabel="E · Σ f·P", title="Load-balancing loss")
+    ax_aux.legend(fontsize="small")
+    ax_z.plot(steps, [r["z_loss"] for r in history.moe], lw=1)
+    ax_z.set(xlabel="step", ylabel="mean logsumexp²", title="Router z-loss")
+    for ax in (ax_drop, ax_aux, ax_z):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -13,6 +13,7 @@ and a resumed run all draw the same ones, with no sampler state to save.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -166,6 +167,29 @@ def open_tokens(folder: str | Path) -> TokenData:
             )
         maps[name] = np.memmap(path, dtype=dtype, mode="r")
     return TokenData(folder=folder, meta=meta, **maps)
+
+
+def tokens_in_memory(train: np.ndarray, val: np.ndarray, tokenizer_name: str, vocab_size: int,
+                     source: str = "in memory") -> TokenData:
+    """A TokenData over arrays already in memory (a notebook's small corpus): no folder, same reader.
+
+    The fingerprint hashes the tokens, so a checkpoint made on these arrays resumes only on them.
+    """
+    dtype = token_dtype(vocab_size)
+    arrays = {}
+    for name, ids in (("train", train), ("val", val)):
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise TokenFileError(f"{name} tokens must be a non-empty 1-D array, got shape {ids.shape}")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise TokenFileError(f"{name} tokens must lie in [0, {vocab_size}), found {ids.min()}..{ids.max()}")
+        arrays[name] = ids.astype(dtype)
+    digest = hashlib.sha256(arrays["train"].tobytes() + b"|" + arrays["val"].tobytes()).hexdigest()[:16]
+    counts = {k: int(v.size) for k, v in arrays.items()}
+    meta = TokenMeta(tokenizer_name=tokenizer_name, vocab_size=vocab_size, dtype=dtype.name, tokens=counts,
+                     split={"method": "given", "val_fraction": counts["val"] / sum(counts.values())},
+                     source=source, text_bytes=0, documents=0, fingerprint=digest)
+    return TokenData(folder=Path(f"<{source}>"), meta=meta, train=arrays["train"], val=arrays["val"])
 
 
 # ------------------------------------------------------------------ windows

@@ -27,6 +27,7 @@ from .config import DISPATCHES, GPTConfig, part1_config
 from .data import bundled_paragraph, encode, read_text, shift_targets
 from .evaluation import continue_text, evaluate
 from .model import GPT
+from .moe import imbalance
 from .tokenizer import HUB_TOKENIZER, load_tokenizer
 from .training import History, TrainConfig, fit, make_optimizer
 
@@ -192,7 +193,7 @@ def routing_summary(record: dict) -> str:
     """One line per MoE layer from a step's routing record: drops, busiest expert, router entropy."""
     lines = [f"Routing at the last step (aux loss {record['aux_loss']:.4f}, z-loss {record['z_loss']:.4f}):"]
     for i, share in enumerate(record["share"]):
-        busiest = max(share) * len(share)  # max / mean share: 1.0 is perfect balance
+        busiest = imbalance(share)  # max / mean share: 1.0 is perfect balance
         lines.append(f"  MoE layer {i}: dropped {record['dropped'][i]:.1%}, busiest expert {busiest:.2f}x its fair "
                      f"share, router entropy {record['entropy'][i]:.3f} nats")
     return "\n".join(lines)

@@ -3,6 +3,8 @@ without a browser); the `*_explorer` functions only wire it to `ipywidgets.inter
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ipywidgets as W
 import torch
 from IPython.display import Markdown
@@ -11,6 +13,7 @@ from .config import GPTConfig
 from .costs import format_bytes, format_count, model_cost, time_forward
 from .evaluation import continue_text
 from .model import GPT
+from .moe import expert_capacity
 
 # ------------------------------------------------------------------ 01_config
 TIMING_BUDGET_FLOPS = 5e9  # forward passes above this are not timed: seconds per slider move is not "at once"
@@ -99,4 +102,53 @@ def continuation_explorer(model: GPT, ids: torch.Tensor, tokenizer, prefix_token
         temperature=W.FloatSlider(value=1.0, min=0.05, max=2.0, step=0.05, description="temperature", **opts),
         top_k=W.IntSlider(value=0, min=0, max=50, description="top_k (0=off)", **opts),
         seed=W.IntSlider(value=0, min=0, max=20, description="seed", **opts),
+    )
+
+
+# --------------------------------------------------------------------- 05_moe
+def moe_report(n_expert: int, top_k: int, capacity_factor: float, base: GPTConfig, ids: torch.Tensor,
+               seed: int = 0) -> str:
+    """Total vs active parameters of `base` with every MLP turned into n_expert experts (top_k each),
+    and how many routing choices a freshly initialised model drops on the batch `ids` (B, T) at
+    this training capacity factor. Impossible settings give the library's error, not a traceback."""
+    try:
+        config = replace(base, n_expert=n_expert, top_k=top_k, capacity_factor=capacity_factor, dropout=0.0)
+    except ValueError as err:
+        return f"**Impossible configuration.** {err}"
+    with torch.random.fork_rng():  # a slider move must not move the notebook's random state
+        torch.manual_seed(seed)
+        model = GPT(config).train()  # training mode: the training capacity factor applies
+        with torch.no_grad():
+            _, _, moe = model(ids, with_moe=True)
+    dense = model_cost(replace(base, n_expert=0))
+    cost = model_cost(config)
+    N = ids.numel()
+    seats = expert_capacity(N, n_expert, top_k, capacity_factor)
+    dropped = ", ".join(f"{s.dropped:.1%}" for s in moe.layers)
+    rows = [
+        ("parameters (total: memory)", f"{cost.params:,} ({cost.params / dense.params:.2f}x dense)"),
+        ("active parameters per token (compute)",
+         f"{cost.active_params:,} ({cost.active_params / dense.params:.2f}x dense)"),
+        ("training FLOPs per token", f"{format_count(cost.train_flops_per_token)} "
+                                     f"(dense: {format_count(dense.train_flops_per_token)})"),
+        (f"seats per expert for {N} tokens", f"ceil({capacity_factor:g} x {N} x {top_k} / {n_expert}) = {seats}"),
+        ("choices dropped per layer (fresh router)", dropped),
+    ]
+    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def moe_explorer(base: GPTConfig, ids: torch.Tensor) -> W.interactive:
+    """Sliders for the number of experts, top-k and the capacity factor; the table follows them."""
+    opts = {"style": {"description_width": "120px"}, "continuous_update": False}
+
+    def show(n_expert, top_k, capacity_factor):
+        return Markdown(moe_report(n_expert, top_k, capacity_factor, base, ids))
+
+    return W.interactive(
+        show,
+        {"auto_display": True},
+        n_expert=W.IntSlider(value=8, min=1, max=64, description="n_expert", **opts),
+        top_k=W.IntSlider(value=2, min=1, max=4, description="top_k", **opts),
+        capacity_factor=W.FloatSlider(value=1.25, min=0.25, max=4.0, step=0.25, description="capacity_factor",
+                                      **opts),
     )

@@ -269,3 +269,13 @@ def test_to_hf_refuses_an_moe_model():
 
     with pytest.raises(ValueError, match="n_expert=4"):
         to_hf(GPT(moe_config()))
+
+
+def test_imbalance_is_busiest_over_fair_share():
+    from nanogpt_lib.moe import imbalance, mean_imbalance
+
+    assert imbalance([0.25] * 4) == 1.0 and imbalance([1.0, 0, 0, 0]) == 4.0
+    records = [{"share": [[0.5, 0.5], [1.0, 0.0]]}, {"share": [[0.75, 0.25], [0.5, 0.5]]}]
+    assert mean_imbalance(records) == [1.25, 1.5]
+    with pytest.raises(ValueError, match="no routing records"):
+        mean_imbalance([])
