@@ -21,13 +21,13 @@ RENDER_TIMEOUT_MS = 180_000  # Voilà runs the whole notebook before the sliders
 def test_voila_app_of_01_config_moves_its_parameter_count(browser, jupyter_env, tokenizer, tmp_path, screenshots,
                                                           timings):
     args = ["notebooks/01_config.ipynb", "--no-browser", "--Voila.ip=127.0.0.1", "--port={port}",
-            "--Voila.port_retries=0", "--token={token}", "--Voila.show_tracebacks=True"]
+            "--Voila.port_retries=0", "--token={token}", "--VoilaConfiguration.show_tracebacks=True"]
     with running_server("voila", args, workdir=ROOT, log=tmp_path / "voila.log",
-                        ready_path="/voila/static/extension.js", env=jupyter_env) as server:
+                        ready_path="/voila/templates/lab/static/voila.js", env=jupyter_env) as server:
         page = browser.new_page()
         try:
             start = time.monotonic()
-            page.goto(server.url("/"))
+            page.goto(server.url("/"), wait_until="commit")  # the page streams in while Voilà runs the notebook
             explorer = Explorer(page)
             total = explorer.output.locator("tr", has_text="parameters (total)").locator("td").last
             part1 = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=100, vocab_size=len(tokenizer))
@@ -41,6 +41,6 @@ def test_voila_app_of_01_config_moves_its_parameter_count(browser, jupyter_env, 
 
             assert page.locator(STDERR_SELECTOR).all_inner_texts() == []
             assert "Traceback" not in page.locator("body").inner_text()
-            page.screenshot(path=screenshots / "voila-01_config.png", full_page=True)
+            page.screenshot(path=screenshots / "voila-01_config.png")
         finally:
             page.close()
