@@ -118,6 +118,10 @@ class Explorer:
         label = self.box.page.locator(".widget-label", has_text=re.compile(f"^{re.escape(description)}$"))
         return self.box.locator(".widget-slider", has=label)
 
+    def table_value(self, label: str) -> Locator:
+        """The cell next to `label` in the table the output shows."""
+        return self.output.locator("tr", has_text=label).locator("td").last
+
     def press(self, description: str, key: str, times: int = 1) -> None:
         """Focus the slider's handle and press `key` (ArrowRight, ArrowLeft, Home, End) `times` times, one move at a
         time like a reader who looks at the result: each move that changes the value waits until the output shows

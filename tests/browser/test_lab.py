@@ -48,7 +48,7 @@ def test_config_sliders_show_the_library_parameter_count(notebook, tokenizer, sc
     explorer.set("n_embd", 11)  # 16 -> 192, in steps of 16
     expect(explorer.readouts).to_have_text(["6", "4", "192", "100"])
     expected = model_cost(GPTConfig(n_layer=6, n_head=4, n_embd=192, block_size=100, vocab_size=len(tokenizer)))
-    total = explorer.output.locator("tr", has_text="parameters (total)").locator("td").last
+    total = explorer.table_value("parameters (total)")
     expect(total).to_have_text(f"{expected.params:,}")
     explorer.box.screenshot(path=screenshots / "01_config-sliders.png")
 

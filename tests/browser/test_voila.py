@@ -29,7 +29,7 @@ def test_voila_app_of_01_config_moves_its_parameter_count(browser, jupyter_env, 
             start = time.monotonic()
             page.goto(server.url("/"), wait_until="commit")  # the page streams in while Voilà runs the notebook
             explorer = Explorer(page)
-            total = explorer.output.locator("tr", has_text="parameters (total)").locator("td").last
+            total = explorer.table_value("parameters (total)")
             part1 = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=100, vocab_size=len(tokenizer))
             expect(total).to_have_text(f"{model_cost(part1).params:,}", timeout=RENDER_TIMEOUT_MS)
             timings["Voilà 01_config, until the sliders answer"] = time.monotonic() - start
