@@ -3,6 +3,7 @@
 #   make test    set up .venv and run the whole test suite (ruff + pytest, notebooks included)
 #   make lab     open the notebooks in JupyterLab; make notebooks re-executes them in place
 #   make posts   regenerate the blog's posts (_posts/, assets/notebooks/) from the executed notebooks
+#   make voila   a notebook as an app in Voilà, code hidden (NB=04_eval for another one)
 # torch is installed first, pinned (TORCH=...), from TORCH_INDEX when given: on a Linux machine
 # without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu avoids PyPI's multi-GB CUDA
 # build. To change torch after the first setup, run `make clean` first.
@@ -13,7 +14,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 
-.PHONY: train test setup lab notebooks posts clean
+.PHONY: train test setup lab voila notebooks posts clean
 
 # the package alone (enough to train), then the test and notebook extras on top
 $(VENV)/.installed-core: pyproject.toml
@@ -23,7 +24,7 @@ $(VENV)/.installed-core: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-core
-	$(PY) -m pip install --quiet -e ".[test,notebooks]"
+	$(PY) -m pip install --quiet -e ".[test,notebooks,browser]"
 	touch $@
 
 setup: $(VENV)/.installed-dev
@@ -34,6 +35,11 @@ train: $(VENV)/.installed-core
 # JupyterLab on the notebooks (make setup first happens automatically)
 lab: $(VENV)/.installed-dev
 	$(PY) -m jupyterlab notebooks/
+
+# a notebook as an app (Voilà runs it and shows its outputs and sliders, not its code)
+NB ?= 01_config
+voila: $(VENV)/.installed-dev
+	$(PY) -m voila notebooks/$(NB).ipynb
 
 # re-execute the notebooks in place, so their stored outputs match the library again
 notebooks: $(VENV)/.installed-dev

@@ -3,8 +3,9 @@
     python -m benchmarks.moe_dispatch
     python -m benchmarks.moe_dispatch --repeats 20 --threads 2
 
-8 experts, top-2, each expert half the dense MLP's width (C -> 2C -> C), so a token uses as many
-weights in its two experts as in the dense MLP (C -> 4C -> C); capacity factor 1.25. Timed, interleaved
+E experts (8, and 64 at the Part-1 size), top-2, each expert half the dense MLP's width
+(C -> 2C -> C), so a token uses as many weights in its two experts as in the dense MLP (C -> 4C -> C);
+capacity factor 1.25. Timed, interleaved
 in one process: the feed-forward layer alone (forward + backward on a batch of hidden states) and a
 whole training step (forward, backward, AdamW) of the model built around it. The two dispatches must
 give the same layer output; the command checks it before timing.
@@ -24,9 +25,9 @@ from nanogpt_lib.moe import MoE
 from .common import interleaved, machine, table, timing_cells
 
 
-def models(dense_config) -> dict:
+def models(dense_config, n_expert: int) -> dict:
     C = dense_config.n_embd
-    moe = dataclasses.replace(dense_config, n_expert=8, top_k=2, expert_hidden=2 * C)
+    moe = dataclasses.replace(dense_config, n_expert=n_expert, top_k=2, expert_hidden=2 * C)
     return {"dense MLP": dense_config, "MoE vectorised": moe,
             "MoE loop": dataclasses.replace(moe, moe_dispatch="loop")}
 
@@ -51,13 +52,14 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     print(f"machine: {machine()}; threads {torch.get_num_threads()}\n")
     part1 = dataclasses.replace(part1_config(4096), dropout=0.0)
-    sizes = {"Part 1 (4L 128d, T=100, B=16)": (part1, 16),
-             "larger (6L 512d, T=128, B=16)": (dataclasses.replace(part1, n_layer=6, n_head=8, n_embd=512,
-                                                                  block_size=128), 16)}
+    larger = dataclasses.replace(part1, n_layer=6, n_head=8, n_embd=512, block_size=128)
+    cases = [("Part 1 (4L 128d, T=100, B=16), 8 experts", part1, 16, 8),
+             ("Part 1 (4L 128d, T=100, B=16), 64 experts", part1, 16, 64),
+             ("larger (6L 512d, T=128, B=16), 8 experts", larger, 16, 8)]
     rows = []
-    for name, (config, batch) in sizes.items():
+    for name, config, batch, n_expert in cases:
         tokens = batch * config.block_size
-        configs = models(config)
+        configs = models(config, n_expert)
         # the layer alone, on the same hidden states
         torch.manual_seed(0)
         layers = {k: (MoE(c) if c.n_expert else MLP(c)).to(device).train() for k, c in configs.items()}

@@ -83,7 +83,8 @@ def continuation_report(
     cont = continue_text(model, ids, tokenizer, prefix_tokens, new_tokens, temperature=temperature,
                          top_k=top_k or None, generator=generator)
     mode = "greedy (top_k=1)" if top_k == 1 else f"sampled, temperature {temperature:g}, top_k {top_k or 'off'}"
-    return f"**{mode}, seed {seed}**\n\n> *{cont.prefix}* **{cont.generated}**"
+    # Markdown emphasis must hug its text: the generated text usually starts with a space (" palavra")
+    return f"**{mode}, seed {seed}**\n\n> *{cont.prefix.strip()}* **{cont.generated.strip()}**"
 
 
 def continuation_explorer(model: GPT, ids: torch.Tensor, tokenizer, prefix_tokens: int = 10,

@@ -56,3 +56,14 @@ def test_the_corpora_extra_brings_datasets_and_ci_tests_it():
     extras = _pyproject()["project"]["optional-dependencies"]
     assert any(d.startswith("datasets") for d in extras["corpora"])
     assert any(d.startswith("datasets") for d in extras["test"])  # the local-dataset tests run in CI
+
+
+def test_ci_installs_chromium_and_make_test_the_browser_extra():
+    """The browser tests run in CI, never skipped: .ci/run installs Chromium and sets CI, make test installs
+    Playwright and Voilà."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "apt-get install -y" in ci and "chromium" in ci and "export CI=" in ci
+    assert ci.index("chromium") < ci.index("make test")
+    browser = _pyproject()["project"]["optional-dependencies"]["browser"]
+    assert {d.split(">")[0] for d in browser} == {"playwright", "voila"}
+    assert '-e ".[test,notebooks,browser]"' in (ROOT / "Makefile").read_text(encoding="utf-8")
