@@ -68,9 +68,10 @@ def variants(config, batch: int, device: torch.device, with_compile: bool) -> di
 
     fp32 = contextlib.nullcontext
     hf = to_hf(base).to(device).train()
+    eager = clone()  # the optimizer must hold the parameters of the model it steps
     out = {
         "transformers GPT2LMHeadModel": _step(hf, make_optimizer(hf, tc), hf_fwd, fp32),
-        "ours (eager, fp32)": _step(clone(), make_optimizer(clone(), tc), ours_fwd, fp32),
+        "ours (eager, fp32)": _step(eager, make_optimizer(eager, tc), ours_fwd, fp32),
     }
     m = clone()
     fused = torch.optim.AdamW(make_optimizer(m, tc).param_groups, lr=tc.lr, betas=tc.betas, fused=True)

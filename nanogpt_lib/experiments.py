@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,18 @@ class SweepResult:
     train_loss: list[float]  # per epoch, dropout on
 
 
+def _seeded_models(configs: Mapping[str, GPTConfig], seed: int, device: torch.device, desc: str,
+                   progress: bool) -> Iterator[tuple[str, GPTConfig, GPT]]:
+    """(name, config, model) for each config, every model built right after torch.manual_seed(seed)."""
+    if not configs:
+        raise ValueError("configs is empty; give at least one {name: GPTConfig}")
+    for name, config in tqdm(configs.items(), desc=desc, disable=not progress):
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"configs[{name!r}] is a {type(config).__name__}, not a GPTConfig")
+        torch.manual_seed(seed)
+        yield name, config, GPT(config).to(device)
+
+
 def capacity_sweep(
     configs: Mapping[str, GPTConfig],
     x: torch.Tensor,
@@ -39,14 +51,8 @@ def capacity_sweep(
     Every model starts from `torch.manual_seed(train_config.seed)`, so a result does not depend on
     which configs ran before it.
     """
-    if not configs:
-        raise ValueError("configs is empty; give at least one {name: GPTConfig}")
     results = []
-    for name, config in tqdm(configs.items(), desc="configs", disable=not progress):
-        if not isinstance(config, GPTConfig):
-            raise ValueError(f"configs[{name!r}] is a {type(config).__name__}, not a GPTConfig")
-        torch.manual_seed(train_config.seed)
-        model = GPT(config).to(x.device)
+    for name, config, model in _seeded_models(configs, train_config.seed, x.device, "configs", progress):
         start = time.perf_counter()
         history = fit(model, (x, y), train_config, progress=False)
         seconds = time.perf_counter() - start
@@ -83,14 +89,8 @@ def compare_on_corpus(
     Every model starts from `torch.manual_seed(train_config.seed)`; the batches are a function of
     (seed, step), so all models see exactly the same tokens in the same order.
     """
-    if not configs:
-        raise ValueError("configs is empty; give at least one {name: GPTConfig}")
     results = []
-    for name, config in tqdm(configs.items(), desc="models", disable=not progress):
-        if not isinstance(config, GPTConfig):
-            raise ValueError(f"configs[{name!r}] is a {type(config).__name__}, not a GPTConfig")
-        torch.manual_seed(train_config.seed)
-        model = GPT(config)
+    for name, _, model in _seeded_models(configs, train_config.seed, torch.device("cpu"), "models", progress):
         run = train_corpus(model, data, train_config, corpus_config, progress=False)
         results.append(CorpusResult(name=name, model=model, params=model.num_params(),
                                     active_params=model.num_active_params(), history=run.history,
