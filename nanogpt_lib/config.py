@@ -28,7 +28,7 @@ class GPTConfig:
     moe_every: int = 1  # blocks moe_every-1, 2*moe_every-1, ... are MoE (1: all, 2: every other)
     expert_hidden: int | None = None  # hidden width of one expert; None: 4 * n_embd, the dense MLP's
     capacity_factor: float | None = 1.25  # training: slots per expert = factor * tokens * top_k / n_expert
-    eval_capacity_factor: float | None = 2.0  # the same in eval mode; None: no limit, nothing dropped
+    eval_capacity_factor: float | None = None  # the same in eval mode; None (default): no limit, nothing dropped
     aux_loss_weight: float = 0.01  # Switch load-balancing loss weight
     z_loss_weight: float = 0.001  # ST-MoE router z-loss weight
     router_noise: float = 0.0  # std of Gaussian noise on router logits, training only

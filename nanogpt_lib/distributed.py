@@ -83,8 +83,10 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """The model in DDP when there are several ranks (rank 0's weights are broadcast to all)."""
     if not ctx.is_distributed:
         return model
-    # an MoE expert that no token chose this step gets no gradient: DDP must be told to expect it
-    moe = getattr(getattr(model, "config", None), "n_expert", 0) > 0
+    # with the loop dispatch an expert that no token chose this step gets no gradient: DDP must expect it
+    # (the vectorised dispatch runs every expert on its buffer, so every parameter takes part)
+    config = getattr(model, "config", None)
+    moe = getattr(config, "n_expert", 0) > 0 and getattr(config, "moe_dispatch", "") == "loop"
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                    find_unused_parameters=moe)
 

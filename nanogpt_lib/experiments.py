@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .config import GPTConfig
 from .corpus_train import CorpusConfig, train_corpus
+from .distributed import DistContext
 from .evaluation import evaluate
 from .model import GPT
 from .tokens import TokenData
@@ -83,6 +84,7 @@ def compare_on_corpus(
     train_config: TrainConfig,
     corpus_config: CorpusConfig,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> list[CorpusResult]:
     """Train each named config on the same windows of `data` with the same recipe and seed.
 
@@ -90,8 +92,9 @@ def compare_on_corpus(
     (seed, step), so all models see exactly the same tokens in the same order.
     """
     results = []
-    for name, _, model in _seeded_models(configs, train_config.seed, torch.device("cpu"), "models", progress):
-        run = train_corpus(model, data, train_config, corpus_config, progress=False)
+    for name, _, model in _seeded_models(configs, train_config.seed, torch.device(device), "models", progress):
+        run = train_corpus(model, data, train_config, corpus_config, DistContext(device=torch.device(device)),
+                           progress=False)
         results.append(CorpusResult(name=name, model=model, params=model.num_params(),
                                     active_params=model.num_active_params(), history=run.history,
                                     seconds=run.train_seconds))

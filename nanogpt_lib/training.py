@@ -87,9 +87,10 @@ def is_quarter(epoch: int, total: int) -> bool:
 # -------------------------------------------------------------------- steps
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (and embeddings) only, none on biases and LayerNorm."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    # biases by name too: an MoE layer's expert biases are (E, out), two-dimensional yet still biases
+    decay = [p for name, p in params if p.dim() >= 2 and not name.endswith("bias")]
+    no_decay = [p for name, p in params if p.dim() < 2 or name.endswith("bias")]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -132,7 +132,8 @@ def moe_report(n_expert: int, top_k: int, capacity_factor: float, base: GPTConfi
          f"{cost.active_params:,} ({cost.active_params / dense.params:.2f}x dense)"),
         ("training FLOPs per token", f"{format_count(cost.train_flops_per_token)} "
                                      f"(dense: {format_count(dense.train_flops_per_token)})"),
-        (f"seats per expert for {N} tokens", f"ceil({capacity_factor:g} x {N} x {top_k} / {n_expert}) = {seats}"),
+        (f"seats per expert for {N} tokens", f"ceil({capacity_factor:g} x {N} x {top_k} / {n_expert}) = {seats}"
+                                             + (f" (capped at the {N} tokens)" if seats == N else "")),
         ("choices dropped per layer (fresh router)", dropped),
     ]
     return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

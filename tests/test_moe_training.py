@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nanogpt_lib import GPT, GPTConfig, TrainConfig, fit, load_checkpoint, save_checkpoint
+from nanogpt_lib import GPT, GPTConfig, TrainConfig, fit, load_checkpoint, make_optimizer, save_checkpoint, train_step
 from nanogpt_lib.corpus_train import CorpusConfig, train_corpus
 from nanogpt_lib.prepare import files_source, prepare
 from nanogpt_lib.tokens import open_tokens
@@ -32,10 +32,15 @@ def test_fit_logs_routing_every_step_and_the_loss_stays_cross_entropy():
     record = history.moe[-1]
     assert set(record) == {"aux_loss", "z_loss", "share", "dropped", "entropy", "max_prob"}
     assert len(record["share"]) == 2 and all(abs(sum(s) - 1) < 1e-6 for s in record["share"])
-    model.eval()
-    with torch.no_grad():  # the logged loss is the cross-entropy alone, not cross-entropy + penalty
-        _, loss, moe = model(x, targets=x, with_moe=True)
-    assert moe.penalty.item() > 0
+    # the returned loss is the cross-entropy alone, though the gradient is that of cross-entropy + penalty
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.train()
+        _, ce, moe = model(x, targets=x, with_moe=True)  # dropout 0, no noise: the same forward as the step
+    logged = train_step(model, make_optimizer(model, TrainConfig(lr=3e-3)), (x, x))
+    assert logged == pytest.approx(ce.item(), abs=1e-6) and moe.penalty.item() > 1e-3
+    assert logged != pytest.approx((ce + moe.penalty).item(), abs=1e-6)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_penalty_changes_training():

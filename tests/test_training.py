@@ -145,3 +145,14 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_model, tiny_config):
         tiny_model.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="loss became nan at epoch 1"):
         fit(tiny_model, (x, shift_targets(x)), TrainConfig(epochs=3), progress=False)
+
+
+def test_no_weight_decay_on_any_bias_moe_experts_included():
+    from nanogpt_lib import GPT, GPTConfig
+
+    model = GPT(GPTConfig(block_size=8, vocab_size=32, n_layer=1, n_head=1, n_embd=8, n_expert=2, top_k=1))
+    decay, no_decay = make_optimizer(model, TrainConfig()).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(not names[id(p)].endswith("bias") for p in decay["params"])
+    assert "transformer.h.0.mlp.experts.c_fc.bias" in {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] > 0
