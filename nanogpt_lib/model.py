@@ -87,7 +87,7 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
         if isinstance(self.mlp, MoE):
-            y, out = self.mlp(self.ln_2(x))  # (B, T, C), the layer's losses
+            y, out = self.mlp(self.ln_2(x), collect=moe_out is not None)  # (B, T, C), the layer's losses
             if moe_out is not None:
                 moe_out.append(out)
             return x + y
@@ -150,7 +150,7 @@ class GPT(nn.Module):
             )
         if targets is not None:
             targets = self._checked_targets(targets, idx.shape)
-        moe_out: list[MoELayerOutput] = []
+        moe_out: list[MoELayerOutput] | None = [] if with_moe else None  # losses and stats only when asked
         logits = self._logits(idx, moe_out=moe_out)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -297,8 +297,8 @@ class GPT(nn.Module):
         """
         n = self.num_params(non_embedding)
         for block in self.transformer.h:
-            if isinstance(block.mlp, MoE):
-                n -= (block.mlp.n_expert - block.mlp.top_k) * block.mlp.experts.params_per_expert()
+            if isinstance(block.mlp, MoE):  # the layer itself says what a token uses of it
+                n -= sum(p.numel() for p in block.mlp.parameters()) - block.mlp.active_params()
         return n
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:

@@ -239,13 +239,17 @@ class MoE(nn.Module):
         self.router = nn.Linear(config.n_embd, config.n_expert, bias=False) if config.n_expert > 1 else None
         self.experts = Experts(config)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoELayerOutput]:
+    def forward(self, x: torch.Tensor, collect: bool = True) -> tuple[torch.Tensor, MoELayerOutput | None]:
+        """(B, T, C) -> (B, T, C), and the layer's losses and statistics (None with `collect=False`:
+        evaluation and generation skip that work)."""
         B, T, C = x.shape
         flat = x.reshape(B * T, C)  # (N, C): routing ignores the batch and time axes
         routing = self.route(flat)
         y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
-        out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=router_z_loss(routing.logits),
-                             stats=layer_stats(routing))
+        out = None
+        if collect:
+            out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=router_z_loss(routing.logits),
+                                 stats=layer_stats(routing))
         return y.view(B, T, C), out
 
     def route(self, x: torch.Tensor) -> Routing:

@@ -12,6 +12,7 @@ and a greedy continuation of the first tokens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -105,9 +106,8 @@ def _factor(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
 
 
-_MODEL_OPTIONS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "n_expert", "top_k", "moe_every",
-                  "expert_hidden", "capacity_factor", "eval_capacity_factor", "aux_loss_weight", "z_loss_weight",
-                  "router_noise", "moe_dispatch")
+# every GPTConfig field has its option, but the vocabulary, which comes from the tokenizer
+_MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size")
 
 
 def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:

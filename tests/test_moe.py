@@ -282,3 +282,18 @@ def test_imbalance_is_busiest_over_fair_share():
     assert mean_imbalance(records) == [1.25, 1.5]
     with pytest.raises(ValueError, match="no routing records"):
         mean_imbalance([])
+
+
+def test_losses_and_stats_are_computed_only_when_asked(monkeypatch):
+    torch.manual_seed(9)
+    model = GPT(moe_config()).eval()
+    x = torch.randint(0, 64, (2, 16))
+    wanted = model(x, with_moe=True)[0]
+
+    def must_not_run(routing):
+        raise AssertionError("routing statistics computed for a plain forward")
+
+    monkeypatch.setattr("nanogpt_lib.moe.layer_stats", must_not_run)
+    torch.testing.assert_close(model(x)[0], wanted)  # evaluation and generation skip that work
+    model.generate(x[:, :4], 3, top_k=1)
+    assert model.transformer.h[0].mlp(torch.randn(1, 4, 16), collect=False)[1] is None
