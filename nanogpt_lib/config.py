@@ -3,6 +3,8 @@
 The defaults are GPT-2 small (124M parameters). Part 1 of the series trains a much
 smaller model (`part1_config`) on a single paragraph. Part 2 turns some MLPs into a Mixture of
 Experts (`n_expert` > 0; see `moe.py`); with `n_expert = 0`, the default, the model is dense.
+Part 3 adds the choices of today's MoE models (SwiGLU experts, shared experts, a sigmoid router
+with an auxiliary-loss-free balancing bias); their defaults keep Part 2's MoE unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 DISPATCHES = ("vectorised", "loop")
+EXPERT_TYPES = ("gelu", "swiglu")  # GPT-2's MLP, or the gated SwiGLU of LLaMA, Mixtral, Qwen, DeepSeek
+ROUTER_TYPES = ("softmax", "sigmoid")  # Part 2 / Mixtral, or DeepSeek-V3's independent scores
 
 
 @dataclass(frozen=True)
@@ -26,13 +30,19 @@ class GPTConfig:
     n_expert: int = 0  # experts per MoE layer (1 is allowed: it equals the dense MLP)
     top_k: int = 2  # experts each token is sent to
     moe_every: int = 1  # blocks moe_every-1, 2*moe_every-1, ... are MoE (1: all, 2: every other)
-    expert_hidden: int | None = None  # hidden width of one expert; None: 4 * n_embd, the dense MLP's
+    expert_hidden: int | None = None  # hidden width of one expert; None: as wide as the dense MLP (see hidden_size)
     capacity_factor: float | None = 1.25  # training: slots per expert = factor * tokens * top_k / n_expert
     eval_capacity_factor: float | None = None  # the same in eval mode; None (default): no limit, nothing dropped
     aux_loss_weight: float = 0.01  # Switch load-balancing loss weight
     z_loss_weight: float = 0.001  # ST-MoE router z-loss weight
     router_noise: float = 0.0  # std of Gaussian noise on router logits, training only
     moe_dispatch: str = "vectorised"  # "vectorised" (batched matmuls) or "loop" (one expert at a time)
+    # --- today's MoE designs (Part 3); the defaults keep Part 2's MoE
+    expert_type: str = "gelu"  # "gelu" (GPT-2 MLP) or "swiglu" (gated, fused gate_up weights)
+    n_shared_expert: int = 0  # always-active experts added to the routed ones (DeepSeek), same width each
+    router_type: str = "softmax"  # "softmax" (probabilities) or "sigmoid" (DeepSeek-V3 scores)
+    norm_topk_prob: bool | None = None  # renormalise the k chosen weights; None: only when top_k >= 2
+    bias_update_rate: float = 0.0  # auxiliary-loss-free balancing: per-step change of the expert bias (0: off)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -82,6 +92,19 @@ class GPTConfig:
                 fail(name, "it must be a finite number >= 0")
         if self.moe_dispatch not in DISPATCHES:
             fail("moe_dispatch", f"choose one of {DISPATCHES}")
+        if self.expert_type not in EXPERT_TYPES:
+            fail("expert_type", f"choose one of {EXPERT_TYPES}")
+        if self.router_type not in ROUTER_TYPES:
+            fail("router_type", f"choose one of {ROUTER_TYPES}")
+        if not _is_int(self.n_shared_expert) or self.n_shared_expert < 0:
+            fail("n_shared_expert", "it must be an integer >= 0")
+        if self.n_shared_expert > 0 and self.n_expert == 0:
+            fail("n_shared_expert", "shared experts belong to an MoE layer; set n_expert > 0 too")
+        if self.norm_topk_prob not in (None, True, False):
+            fail("norm_topk_prob", "it must be None (renormalise only when top_k >= 2), True or False")
+        rate = self.bias_update_rate
+        if not _is_number(rate) or not 0 <= rate < math.inf:
+            fail("bias_update_rate", "it must be a finite number >= 0 (0: no balancing bias)")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block `layer` (0-based) holds a Mixture of Experts instead of the dense MLP."""
@@ -93,8 +116,15 @@ class GPTConfig:
 
     @property
     def hidden_size(self) -> int:
-        """Hidden width of one expert (the dense MLP's 4 * n_embd unless expert_hidden says otherwise)."""
-        return 4 * self.n_embd if self.expert_hidden is None else self.expert_hidden
+        """Hidden width of one expert, `expert_hidden` when set.
+
+        Otherwise the dense MLP's 4 * n_embd for GELU experts, and 8 * n_embd // 3 for SwiGLU experts:
+        SwiGLU has three matrices instead of two, and 3 * C * (8C / 3) = 2 * C * 4C keeps the weights
+        of one expert equal to the dense MLP's (LLaMA's choice).
+        """
+        if self.expert_hidden is not None:
+            return self.expert_hidden
+        return 4 * self.n_embd if self.expert_type == "gelu" else 8 * self.n_embd // 3
 
     @property
     def head_size(self) -> int:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistContext, mean_over_ranks, unwrap, wrap
 from .evaluation import eval_mode
+from .moe import update_expert_biases
 from .schedule import CosineSchedule, set_lr
 from .tokens import TRAIN_EVAL_STREAM, TRAIN_STREAM, VAL_STREAM, TokenData, shard_batches, window_starts
 from .training import History, TrainConfig, make_optimizer
@@ -122,6 +123,7 @@ def accumulated_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, b
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
+    update_expert_biases(model)  # auxiliary-loss-free balancing, if a layer uses it
     return total
 
 

@@ -116,7 +116,7 @@ class GPT(nn.Module):
         # GPT-2: residual projections start smaller, std 0.02 / sqrt(2 * n_layer), so the
         # residual stream's variance does not grow with depth (two additions per block).
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
+            if name.endswith(("c_proj.weight", "down_proj.weight")):  # SwiGLU experts call theirs down_proj
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -305,15 +305,15 @@ class GPT(nn.Module):
         """Estimated FLOPs per token (multiply and add counted as 2), as in the PaLM appendix.
 
         Forward: 2 x (weights used in matrix products, lm_head and routers included, and of each
-        MoE layer only the k experts a token visits) plus attention's q k^T and (att) v,
+        MoE layer only the k experts a token visits and the shared experts) plus attention's q k^T and (att) v,
         2 x 2 x T x C per layer (no discount for the causal mask). Training (forward + backward)
         costs three forward passes.
         """
         T = self.config.block_size if seq_len is None else seq_len
         matmul_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         for m in self.modules():
-            if isinstance(m, MoE):
-                matmul_weights += m.top_k * sum(lin.weight[0].numel() for lin in (m.experts.c_fc, m.experts.c_proj))
+            if isinstance(m, MoE):  # the k routed experts a token visits, and the shared ones
+                matmul_weights += m.matmul_weights_per_token()
         forward = 2 * matmul_weights + 4 * self.config.n_layer * T * self.config.n_embd
         return 3 * forward if training else forward
 

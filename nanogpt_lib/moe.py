@@ -39,6 +39,25 @@ Two dispatch implementations compute the same thing. `dispatch_loop` takes the e
 time (easy to read); `dispatch_vectorised` copies the kept tokens into one (E, S, C) buffer, runs
 all experts with two batched matrix products, and adds the results back (the default).
 
+Part 3: today's designs, each one setting of `GPTConfig` on top of the above.
+
+    SwiGLU experts (expert_type="swiglu"):   y = W_down (silu(x W_gate) * (x W_up))
+        three matrices instead of two; W_gate and W_up are fused into one (E, C, 2H) tensor.
+    fine-grained experts (expert_hidden):    more, narrower experts with a larger k, same active size.
+    shared experts (n_shared_expert = S):    y = sum_j w_j * expert_j(x) + shared(x)
+        S always-active experts (DeepSeekMoE); stored as one expert S times as wide, which computes
+        the same sum (with one output bias instead of S).
+    sigmoid router (router_type="sigmoid"):  s_i = sigmoid(logit_i), each expert scored on its own
+        (DeepSeek-V3); the chosen scores are renormalised for the weights, and P in L_aux uses s / sum(s).
+    auxiliary-loss-free balancing (bias_update_rate = u > 0), DeepSeek-V3:
+        top-k   = the k largest s_i + b_i      the bias b only decides which experts are chosen
+        w_j     = s_j (renormalised)           the weights use the unbiased scores
+        after each optimisation step:  b_i <- b_i + u * sign(mean load - load_i)
+        An overloaded expert becomes a little less attractive, an idle one more, with no loss term
+        and no gradient: the router's gradient stays the language model's alone.
+    `norm_topk_prob` chooses the weight convention: None (above), True (always renormalise:
+    Mixtral, DeepSeek-V3; with k = 1 the weight is then 1), False (raw scores: Switch, Qwen2-MoE).
+
 Shapes: N = tokens (B * T), C = n_embd, E = experts, k = top_k, H = hidden width of an expert,
 S = buffer rows per expert.
 """
@@ -84,26 +103,66 @@ class BatchedLinear(nn.Module):
 
 
 class Experts(nn.Module):
-    """E copies of GPT-2's MLP (C -> H -> GELU -> C), their weights batched along a first axis."""
+    """E feed-forward experts, their weights batched along a first axis. Two kinds:
 
-    def __init__(self, config: GPTConfig):
+    "gelu"    GPT-2's MLP:  y = W_proj gelu(W_fc x)                 c_fc (E, C, H), c_proj (E, H, C)
+    "swiglu"  gated MLP:    y = W_down (silu(W_gate x) * (W_up x))  gate_up_proj (E, C, 2H), down_proj (E, H, C)
+
+    SwiGLU (LLaMA, Mixtral, Qwen, DeepSeek) multiplies two projections of x, one passed through
+    silu(a) = a * sigmoid(a), so each hidden unit is a learned gate times a value. Its gate and up
+    matrices are stored side by side in one tensor (first H columns: gate, last H: up), so one
+    matrix product computes both, as `transformers`' Mixtral does.
+    """
+
+    def __init__(self, n_expert: int, n_embd: int, hidden: int, kind: str = "gelu", bias: bool = True,
+                 dropout: float = 0.0):
         super().__init__()
-        E, C, H = config.n_expert, config.n_embd, config.hidden_size
-        self.c_fc = BatchedLinear(E, C, H, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = BatchedLinear(E, H, C, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.kind = kind
+        E, C, H = n_expert, n_embd, hidden
+        if kind == "gelu":
+            self.c_fc = BatchedLinear(E, C, H, bias=bias)
+            self.c_proj = BatchedLinear(E, H, C, bias=bias)
+        elif kind == "swiglu":
+            self.gate_up_proj = BatchedLinear(E, C, 2 * H, bias=bias)
+            self.down_proj = BatchedLinear(E, H, C, bias=bias)
+        else:
+            raise ValueError(f"expert kind {kind!r} is not known; choose one of ('gelu', 'swiglu')")
+        self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def routed(cls, config: GPTConfig) -> Experts:
+        """The E routed experts of an MoE layer."""
+        return cls(config.n_expert, config.n_embd, config.hidden_size, config.expert_type, config.bias,
+                   config.dropout)
+
+    @property
+    def linears(self) -> tuple[BatchedLinear, BatchedLinear]:
+        """(into the hidden layer, out of it), whatever the kind."""
+        return (self.c_fc, self.c_proj) if self.kind == "gelu" else (self.gate_up_proj, self.down_proj)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """Between the two matrices: (..., H) -> (..., H) for GELU, (..., 2H) -> (..., H) for SwiGLU."""
+        if self.kind == "gelu":
+            return F.gelu(h, approximate="tanh")  # GPT-2's tanh form
+        gate, up = h.chunk(2, dim=-1)  # (..., H) each
+        return F.silu(gate) * up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert on its own rows: (E, S, C) -> (E, S, C)."""
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        fc, proj = self.linears
+        return self.dropout(proj(self.activate(fc(x))))
 
     def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
         """One expert on the tokens sent to it: (n, C) -> (n, C)."""
-        return self.dropout(self.c_proj.one(expert, self.gelu(self.c_fc.one(expert, x))))
+        fc, proj = self.linears
+        return self.dropout(proj.one(expert, self.activate(fc.one(expert, x))))
 
     def params_per_expert(self) -> int:
         return sum(p[0].numel() for p in self.parameters())
+
+    def matmul_weights_per_expert(self) -> int:
+        """Weights one expert multiplies with (its biases left out): what FLOP counts use."""
+        return sum(lin.weight[0].numel() for lin in self.linears)
 
 
 # ---------------------------------------------------------------- routing
@@ -112,8 +171,8 @@ class Routing:
     """Where the N tokens of a batch go."""
 
     logits: torch.Tensor  # (N, E) router logits
-    probs: torch.Tensor  # (N, E) softmax of the logits
-    experts: torch.Tensor  # (N, k) chosen experts, most probable first
+    probs: torch.Tensor  # (N, E) router probabilities: the softmax, or the sigmoid scores normalised to sum 1
+    experts: torch.Tensor  # (N, k) chosen experts, most preferred first
     weights: torch.Tensor  # (N, k) combine weights (see the module docstring)
     slot: torch.Tensor  # (N, k) seat of each choice in its expert's buffer (0, 1, ...)
     kept: torch.Tensor  # (N, k) bool: the choice found a seat (slot < capacity)
@@ -124,14 +183,21 @@ class Routing:
         return self.probs.shape[1]
 
     @property
+    def top_k(self) -> int:
+        return self.experts.shape[1]
+
+    @property
     def dropped_fraction(self) -> torch.Tensor:
         """Share of the N * k choices that found their expert full."""
         return 1.0 - self.kept.float().mean()
 
+    def expert_counts(self) -> torch.Tensor:
+        """(E,) how many of the N * k choices picked each expert, before capacity."""
+        return torch.bincount(self.experts.flatten(), minlength=self.n_expert)
+
     def expert_share(self) -> torch.Tensor:
         """(E,) share of the N * k choices that picked each expert, before capacity (sums to 1)."""
-        counts = torch.bincount(self.experts.flatten(), minlength=self.n_expert)
-        return counts.float() / self.experts.numel()
+        return self.expert_counts().float() / self.experts.numel()
 
 
 def expert_capacity(n_tokens: int, n_expert: int, top_k: int, factor: float | None) -> int:
@@ -144,12 +210,29 @@ def expert_capacity(n_tokens: int, n_expert: int, top_k: int, factor: float | No
     return min(n_tokens, math.ceil(factor * n_tokens * top_k / n_expert))
 
 
-def route(logits: torch.Tensor, top_k: int, capacity: int) -> Routing:
-    """Top-k choice, combine weights and capacity seats from router logits (N, E)."""
+def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str = "softmax",
+          bias: torch.Tensor | None = None, norm_topk_prob: bool | None = None) -> Routing:
+    """Top-k choice, combine weights and capacity seats from router logits (N, E).
+
+    `router_type` "softmax": scores are probabilities (Part 2, Mixtral); "sigmoid": each expert's
+    score is sigmoid(logit) on its own (DeepSeek-V3). `bias` (E,) is added to the scores for the
+    choice only, never to the weights (auxiliary-loss-free balancing). `norm_topk_prob` renormalises
+    the k chosen scores to sum 1; None does so only for k >= 2 (see the module docstring).
+    """
     N, E = logits.shape
-    probs = F.softmax(logits, dim=-1)  # (N, E)
-    top_p, experts = torch.topk(probs, top_k, dim=-1)  # (N, k) each, most probable first
-    weights = top_p / top_p.sum(dim=-1, keepdim=True) if top_k > 1 else top_p  # (N, k)
+    if router_type == "softmax":
+        scores = F.softmax(logits, dim=-1)  # (N, E), sum to 1
+        probs = scores
+    elif router_type == "sigmoid":
+        scores = torch.sigmoid(logits)  # (N, E), each in (0, 1) on its own
+        probs = scores / scores.sum(dim=-1, keepdim=True)  # (N, E): for the balancing loss and statistics
+    else:
+        raise ValueError(f"router_type={router_type!r} is not known; choose one of ('softmax', 'sigmoid')")
+    choice = scores if bias is None else scores + bias  # (N, E): the bias moves choices, not weights
+    experts = torch.topk(choice, top_k, dim=-1).indices  # (N, k), most preferred first
+    top = scores.gather(1, experts)  # (N, k): the unbiased scores of the chosen experts
+    renormalise = top_k > 1 if norm_topk_prob is None else norm_topk_prob
+    weights = top / top.sum(dim=-1, keepdim=True) if renormalise else top  # (N, k)
     # Seats, first choices first: order the N * k choices choice-major, then count, for each one,
     # how many earlier choices went to the same expert.
     order = experts.t().reshape(-1)  # (k * N,): all first choices, then all second choices, ...
@@ -160,11 +243,22 @@ def route(logits: torch.Tensor, top_k: int, capacity: int) -> Routing:
                    kept=slot < capacity, capacity=capacity)
 
 
-def load_balancing_loss(routing: Routing) -> torch.Tensor:
-    """Switch Transformer's E * sum_i f_i * P_i: 1 when balanced, E when all tokens pick one expert."""
+LOSS_CONVENTIONS = ("switch", "mixtral")
+
+
+def load_balancing_loss(routing: Routing, convention: str = "switch") -> torch.Tensor:
+    """Switch Transformer's E * sum_i f_i * P_i: 1 when balanced, E when all tokens pick one expert.
+
+    `convention="mixtral"` is the same loss as `transformers`' `load_balancing_loss_func`, whose
+    f_i counts choices per token instead of per choice (f sums to k, not 1): k times the Switch
+    value, so k at balance. Its pooling over layers is the loss of the layers' logits concatenated.
+    """
+    if convention not in LOSS_CONVENTIONS:
+        raise ValueError(f"convention={convention!r} is not known; choose one of {LOSS_CONVENTIONS}")
     f = routing.expert_share()  # (E,) counts: no gradient
     P = routing.probs.mean(dim=0)  # (E,) differentiable
-    return routing.n_expert * torch.sum(f * P)
+    loss = routing.n_expert * torch.sum(f * P)
+    return loss * routing.top_k if convention == "mixtral" else loss
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -214,6 +308,7 @@ class LayerStats:
     dropped: float  # share of choices over capacity
     entropy: float  # mean router entropy in nats (ln E: uniform; 0: certain)
     max_prob: float  # mean probability of the top expert
+    bias: list[float] | None = None  # the balancing bias used for this batch's choices (None: no bias)
 
 
 @dataclass
@@ -228,6 +323,10 @@ class MoE(nn.Module):
 
     With one expert there is nothing to choose: no router weights, every token goes to the one
     expert with weight 1, and the block computes exactly what the dense MLP does.
+
+    Part 3's options, each one setting (see the module docstring): SwiGLU experts, shared experts
+    that every token uses, a sigmoid router, and a balancing bias updated by `update_bias` after each
+    optimisation step.
     """
 
     def __init__(self, config: GPTConfig):
@@ -236,8 +335,19 @@ class MoE(nn.Module):
         self.capacity_factor, self.eval_capacity_factor = config.capacity_factor, config.eval_capacity_factor
         self.noise = config.router_noise
         self.dispatch = config.moe_dispatch
+        self.router_type, self.norm_topk_prob = config.router_type, config.norm_topk_prob
+        self.bias_update_rate = config.bias_update_rate
         self.router = nn.Linear(config.n_embd, config.n_expert, bias=False) if config.n_expert > 1 else None
-        self.experts = Experts(config)
+        self.experts = Experts.routed(config)
+        self.shared_experts = None
+        if config.n_shared_expert > 0:  # N shared experts of width H are one MLP of width N * H
+            self.shared_experts = Experts(1, config.n_embd, config.n_shared_expert * config.hidden_size,
+                                          config.expert_type, config.bias, config.dropout)
+        if self.bias_update_rate > 0:  # a buffer: saved in checkpoints, never touched by the optimiser
+            self.register_buffer("expert_bias", torch.zeros(config.n_expert))
+        else:
+            self.expert_bias = None
+        self.load: torch.Tensor | None = None  # (E,) choices per expert since the last update_bias
 
     def forward(self, x: torch.Tensor, collect: bool = True) -> tuple[torch.Tensor, MoELayerOutput | None]:
         """(B, T, C) -> (B, T, C), and the layer's losses and statistics (None with `collect=False`:
@@ -246,27 +356,66 @@ class MoE(nn.Module):
         flat = x.reshape(B * T, C)  # (N, C): routing ignores the batch and time axes
         routing = self.route(flat)
         y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
+        if self.shared_experts is not None:  # every token, weight 1
+            y = y + self.shared_experts(flat.unsqueeze(0)).squeeze(0)  # (1, N, C) -> (N, C)
+        if self.training and self.expert_bias is not None:
+            counts = routing.expert_counts().to(self.expert_bias.dtype)  # (E,)
+            self.load = counts if self.load is None else self.load + counts
         out = None
         if collect:
             out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=router_z_loss(routing.logits),
-                                 stats=layer_stats(routing))
+                                 stats=layer_stats(routing, self.expert_bias))
         return y.view(B, T, C), out
 
     def route(self, x: torch.Tensor) -> Routing:
         """Routing of N hidden states (N, C), with the capacity of the current mode (train or eval)."""
         if self.router is None:
             logits = x.new_zeros(x.shape[0], 1)  # (N, 1): softmax 1, weight 1
+            router_type = "softmax"
         else:
             logits = self.router(x)  # (N, E)
+            router_type = self.router_type
             if self.training and self.noise > 0:  # exploration: other experts get a chance
                 logits = logits + self.noise * torch.randn_like(logits)
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        return route(logits, self.top_k, expert_capacity(x.shape[0], self.n_expert, self.top_k, factor))
+        return route(logits, self.top_k, expert_capacity(x.shape[0], self.n_expert, self.top_k, factor),
+                     router_type=router_type, bias=self.expert_bias, norm_topk_prob=self.norm_topk_prob)
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """Auxiliary-loss-free balancing (DeepSeek-V3): after an optimisation step, raise the bias of
+        each expert that got fewer choices than the mean, lower it for those that got more.
+
+            b_i <- b_i + rate * sign(mean_j load_j - load_i)
+
+        The load is counted over the training forwards since the last update (all micro-batches,
+        and all processes under torch.distributed). No gradient is involved.
+        """
+        if self.expert_bias is None or self.load is None:
+            return
+        load = self.load
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)  # every rank gets the same load, hence the same bias
+        self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+        self.load = None
 
     def active_params(self) -> int:
-        """Parameters one token uses: the router and k of the E experts."""
+        """Parameters one token uses: the router, k of the E experts, and the shared experts."""
         router = 0 if self.router is None else self.router.weight.numel()
-        return router + self.top_k * self.experts.params_per_expert()
+        shared = 0 if self.shared_experts is None else self.shared_experts.params_per_expert()
+        return router + self.top_k * self.experts.params_per_expert() + shared
+
+    def matmul_weights_per_token(self) -> int:
+        """Expert weights one token multiplies with (router excluded): k routed experts and the shared ones."""
+        shared = 0 if self.shared_experts is None else self.shared_experts.matmul_weights_per_expert()
+        return self.top_k * self.experts.matmul_weights_per_expert() + shared
+
+
+def update_expert_biases(model: nn.Module) -> None:
+    """`MoE.update_bias` for every MoE layer of `model` that balances with a bias (after optimizer.step())."""
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.update_bias()
 
 
 def imbalance(share) -> float:
@@ -284,11 +433,12 @@ def mean_imbalance(records: list[dict]) -> list[float]:
 
 
 @torch.no_grad()
-def layer_stats(routing: Routing) -> LayerStats:
+def layer_stats(routing: Routing, bias: torch.Tensor | None = None) -> LayerStats:
     p = routing.probs
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
     return LayerStats(share=routing.expert_share().cpu(), dropped=float(routing.dropped_fraction),
-                      entropy=float(entropy), max_prob=float(p.max(dim=-1).values.mean()))
+                      entropy=float(entropy), max_prob=float(p.max(dim=-1).values.mean()),
+                      bias=None if bias is None else bias.tolist())
 
 
 # ------------------------------------------------------------------ model
@@ -316,8 +466,8 @@ class MoEOutput:
                    layers=[o.stats for o in outputs])
 
     def record(self) -> dict:
-        """Plain numbers for a training log: losses, and per layer the shares, drops, entropy."""
-        return {
+        """Plain numbers for a training log: losses, and per layer the shares, drops, entropy (and bias)."""
+        record = {
             "aux_loss": float(self.aux_loss.detach()),
             "z_loss": float(self.z_loss.detach()),
             "share": [s.share.tolist() for s in self.layers],
@@ -325,3 +475,6 @@ class MoEOutput:
             "entropy": [s.entropy for s in self.layers],
             "max_prob": [s.max_prob for s in self.layers],
         }
+        if any(s.bias is not None for s in self.layers):
+            record["bias"] = [s.bias for s in self.layers]
+        return record

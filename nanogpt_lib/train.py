@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import corpus_cli
 from .checkpoint import save_checkpoint
 from .checkup import checkup_callback
-from .config import DISPATCHES, GPTConfig, part1_config
+from .config import DISPATCHES, EXPERT_TYPES, ROUTER_TYPES, GPTConfig, part1_config
 from .data import bundled_paragraph, encode, read_text, shift_targets
 from .evaluation import continue_text, evaluate
 from .model import GPT
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     moe.add_argument("--moe-every", type=int, default=_P1.moe_every,
                      help="every k-th block is MoE (1: all blocks, 2: every other one)")
     moe.add_argument("--expert-hidden", type=int, default=_P1.expert_hidden,
-                     help="hidden width of one expert (default: 4 * n_embd)")
+                     help="hidden width of one expert (default: 4 * n_embd, or 8 * n_embd // 3 for swiglu)")
     moe.add_argument("--capacity-factor", type=_factor, default=_P1.capacity_factor,
                      help="training seats per expert = factor * tokens * top_k / n_expert ('none': no limit)")
     moe.add_argument("--eval-capacity-factor", type=_factor, default=_P1.eval_capacity_factor,
@@ -73,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="std of the noise on router logits in training")
     moe.add_argument("--moe-dispatch", choices=DISPATCHES, default=_P1.moe_dispatch,
                      help="vectorised (batched) or loop (one expert at a time; same results, slower)")
+    modern = p.add_argument_group("today's MoE designs (Part 3; the defaults are Part 2's MoE)")
+    modern.add_argument("--expert-type", choices=EXPERT_TYPES, default=_P1.expert_type,
+                        help="gelu (GPT-2 MLP) or swiglu (gated, as Mixtral, Qwen and DeepSeek)")
+    modern.add_argument("--n-shared-expert", type=int, default=_P1.n_shared_expert,
+                        help="always-active experts per MoE layer, added to the routed ones")
+    modern.add_argument("--router-type", choices=ROUTER_TYPES, default=_P1.router_type,
+                        help="softmax probabilities or DeepSeek-V3's sigmoid scores")
+    modern.add_argument("--norm-topk-prob", type=_optional_bool, default=_P1.norm_topk_prob,
+                        help="renormalise the k chosen weights: true, false, or none (only when top_k >= 2)")
+    modern.add_argument("--bias-update-rate", type=float, default=_P1.bias_update_rate,
+                        help="auxiliary-loss-free balancing: bias change per step (0: off)")
     train = p.add_argument_group("training (TrainConfig)")
     train.add_argument("--epochs", type=int, default=_TC.epochs, help="optimisation steps on the whole text")
     train.add_argument("--lr", type=float, default=_TC.lr, help="AdamW learning rate")
@@ -106,6 +117,15 @@ def _factor(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
 
 
+def _optional_bool(text: str) -> bool | None:
+    """true / false / none from the command line."""
+    values = {"true": True, "false": False, "none": None}
+    try:
+        return values[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(values)}") from None
+
+
 # every GPTConfig field has its option, but the vocabulary, which comes from the tokenizer
 _MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size")
 
@@ -120,8 +140,11 @@ def describe(model: GPT) -> str:
     text = f"{model.num_params():,} parameters ({model.num_params(non_embedding=True):,} without embeddings)"
     c = model.config
     if c.n_expert > 0:
-        text += (f"; MoE in blocks {c.moe_layers}: {c.n_expert} experts, top-{c.top_k}, "
-                 f"{model.num_active_params():,} active per token")
+        text += f"; MoE in blocks {c.moe_layers}: {c.n_expert} experts, top-{c.top_k}"
+        if (c.expert_type, c.n_shared_expert, c.router_type, c.bias_update_rate) != ("gelu", 0, "softmax", 0):
+            text += (f" ({c.expert_type} experts, {c.n_shared_expert} shared, {c.router_type} router"
+                     f"{', balancing bias' if c.bias_update_rate > 0 else ''})")
+        text += f", {model.num_active_params():,} active per token"
     return text
 
 

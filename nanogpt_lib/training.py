@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import perplexity
+from .moe import update_expert_biases
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
 
@@ -111,6 +112,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     _, loss, moe = model(x, targets=y, with_moe=True)
     (loss + moe.penalty).backward()
     optimizer.step()
+    update_expert_biases(model)  # auxiliary-loss-free balancing, if a layer uses it
     if moe_log is not None and moe.layers:
         moe_log.append(moe.record())
     return loss.item()

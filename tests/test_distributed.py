@@ -88,3 +88,22 @@ def test_an_moe_model_trains_under_ddp(tokens, tmp_path):
     assert "MoE in blocks [0, 1]: 4 experts, top-1" in result.stdout
     saved = load_checkpoint(ck)
     assert saved.model.config.n_expert == 4 and len(saved.history.moe) == 4
+
+
+def test_the_balancing_bias_counts_the_load_of_every_rank(tokens, tmp_path, capsys):
+    """The bias update all-reduces the load: two processes move the bias exactly as one process with the
+    whole global batch does (rank 0's half alone would give other signs)."""
+    part3 = ["--n-expert", "8", "--top-k", "2", "--expert-type", "swiglu", "--n-shared-expert", "1",
+             "--router-type", "sigmoid", "--bias-update-rate", "0.01", "--aux-loss-weight", "0",
+             "--steps", "2", *MODEL]
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    main(["--data", str(tokens), "--checkpoint", str(one), *part3])
+    capsys.readouterr()
+    result = torchrun(["-m", "nanogpt_lib.train"], ["--data", str(tokens), "--checkpoint", str(two), *part3])
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    assert "swiglu experts, 1 shared, sigmoid router, balancing bias" in result.stdout
+    a, b = load_checkpoint(one).model.state_dict(), load_checkpoint(two).model.state_dict()
+    for layer in (0, 1):
+        key = f"transformer.h.{layer}.mlp.expert_bias"
+        assert a[key].abs().sum() > 0
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
