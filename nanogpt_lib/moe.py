@@ -396,7 +396,7 @@ class MoE(nn.Module):
         load = self.load
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)  # every rank gets the same load, hence the same bias
-        self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+        self.expert_bias += bias_step(load, self.bias_update_rate)
         self.load = None
 
     def active_params(self) -> int:
@@ -409,6 +409,27 @@ class MoE(nn.Module):
         """Expert weights one token multiplies with (router excluded): k routed experts and the shared ones."""
         shared = 0 if self.shared_experts is None else self.shared_experts.matmul_weights_per_expert()
         return self.top_k * self.experts.matmul_weights_per_expert() + shared
+
+
+def bias_step(load: torch.Tensor, rate: float) -> torch.Tensor:
+    """DeepSeek-V3's bias change for an observed load (E,): +rate below the mean load, -rate above it."""
+    return rate * torch.sign(load.mean() - load)
+
+
+def simulate_bias_balancing(scores: torch.Tensor, top_k: int, rate: float, steps: int) -> list[float]:
+    """The bias rule alone on a frozen router: each step chooses top-k of `scores + bias` (N, E), counts
+    the load and applies `bias_step`. Returns the imbalance (busiest expert over the fair share) before
+    each step and after the last one: steps + 1 values. No training, only the balancing mechanism."""
+    if steps < 0 or not 0 <= rate < math.inf:
+        raise ValueError(f"steps={steps}, rate={rate}: steps must be >= 0 and rate a finite number >= 0")
+    bias = torch.zeros(scores.shape[1])
+    history = []
+    for _ in range(steps + 1):
+        experts = torch.topk(scores + bias, top_k, dim=-1).indices  # (N, k)
+        load = torch.bincount(experts.flatten(), minlength=scores.shape[1]).float()  # (E,)
+        history.append(imbalance(load / load.sum()))
+        bias += bias_step(load, rate)
+    return history
 
 
 def update_expert_biases(model: nn.Module) -> None:

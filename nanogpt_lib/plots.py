@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .config import GPTConfig
 from .costs import format_count, model_cost
 from .evaluation import PositionReport
-from .moe import Routing
+from .moe import Routing, imbalance
 from .training import History
 
 
@@ -204,17 +204,27 @@ def plot_val_perplexity(results: Sequence) -> Figure:
     return fig
 
 
-def plot_expert_share(history: History, title: str = "") -> Figure:
-    """One heatmap per MoE layer: the share of routing choices each expert received at each step.
+def _chosen_layers(layers: Sequence[int] | None, count: int) -> list[int]:
+    chosen = list(range(count)) if layers is None else list(layers)
+    bad = [i for i in chosen if not 0 <= i < count]
+    if not chosen or bad:
+        raise ValueError(f"layers={layers!r}: choose MoE layer indices in 0..{count - 1}")
+    return chosen
+
+
+def plot_expert_share(history: History, title: str = "", layers: Sequence[int] | None = None) -> Figure:
+    """One heatmap per MoE layer (all, or the indices in `layers`): the share of routing choices each
+    expert received at each step.
 
     1 / E everywhere is perfect balance; a bright row is an expert that attracts the tokens."""
     if not history.moe:
         raise ValueError("this history has no MoE routing records (a dense model?)")
     shares = torch.tensor([r["share"] for r in history.moe])  # (steps, layers, E)
-    steps, layers, E = shares.shape
-    fig, axes = plt.subplots(1, layers, figsize=(4.2 * layers, 3.2), squeeze=False)
+    steps, n_layers, E = shares.shape
+    chosen = _chosen_layers(layers, n_layers)
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.2), squeeze=False)
     first = history.epoch[0] if history.epoch else 1
-    for i, ax in enumerate(axes[0]):
+    for i, ax in zip(chosen, axes[0], strict=True):
         image = ax.imshow(shares[:, i, :].T.numpy(), aspect="auto", cmap="viridis", vmin=0,
                           vmax=max(2.0 / E, float(shares.max())), origin="lower",
                           extent=(first - 0.5, first + steps - 0.5, -0.5, E - 0.5))
@@ -245,5 +255,62 @@ def plot_moe_training(history: History) -> Figure:
     ax_z.set(xlabel="step", ylabel="mean logsumexp²", title="Router z-loss")
     for ax in (ax_drop, ax_aux, ax_z):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------ Part 3: modern MoE
+def _rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_balance(results: Sequence, window: int = 10) -> Figure:
+    """Per training step, for each MoE model: the busiest expert's share over the fair share (left) and
+    the share of choices dropped (right), each averaged over the MoE layers and over the last `window`
+    steps. `results` are `experiments.CorpusResult`s; dense models are skipped."""
+    moe_results = [r for r in results if r.history.moe]
+    if not moe_results:
+        raise ValueError("none of these results has MoE routing records (dense models only?)")
+    fig, (ax_imb, ax_drop) = plt.subplots(1, 2, figsize=(12, 3.6))
+    for r in moe_results:
+        steps = r.history.epoch[-len(r.history.moe):]
+        imb = [sum(imbalance(s) for s in rec["share"]) / len(rec["share"]) for rec in r.history.moe]
+        drop = [100 * sum(rec["dropped"]) / len(rec["dropped"]) for rec in r.history.moe]
+        ax_imb.plot(steps, _rolling_mean(imb, window), lw=1.5, label=r.name)
+        ax_drop.plot(steps, _rolling_mean(drop, window), lw=1.5, label=r.name)
+    ax_imb.axhline(1.0, color="grey", ls=":", label="1 = perfectly balanced")
+    ax_imb.set(xlabel="step", ylabel="busiest expert / fair share",
+               title=f"Load imbalance (mean over layers, {window}-step average)")
+    ax_drop.set(xlabel="step", ylabel="% of choices dropped", title=f"Dropped over capacity ({window}-step average)")
+    for ax in (ax_imb, ax_drop):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_bias(history: History, title: str = "", layers: Sequence[int] | None = None) -> Figure:
+    """The balancing bias of every expert over training, one panel per MoE layer (all, or those in
+    `layers`). Auxiliary-loss-free balancing: it rises for experts that get too few tokens and falls
+    for those that get too many."""
+    if not history.moe or "bias" not in history.moe[0]:
+        raise ValueError("this history has no balancing-bias records (bias_update_rate was 0, or a dense model)")
+    bias = torch.tensor([r["bias"] for r in history.moe])  # (steps, layers, E)
+    steps = history.epoch[-len(history.moe):]
+    chosen = _chosen_layers(layers, bias.shape[1])
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.2), squeeze=False, sharey=True)
+    for i, ax in zip(chosen, axes[0], strict=True):
+        ax.plot(steps, bias[:, i, :].numpy(), lw=0.8)
+        ax.axhline(0.0, color="grey", ls=":")
+        ax.set(xlabel="step", title=f"MoE layer {i}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("bias (one line per expert)")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

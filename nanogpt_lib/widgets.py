@@ -13,7 +13,7 @@ from .config import GPTConfig
 from .costs import format_bytes, format_count, model_cost, time_forward
 from .evaluation import continue_text
 from .model import GPT
-from .moe import expert_capacity
+from .moe import expert_capacity, simulate_bias_balancing
 
 # ------------------------------------------------------------------ 01_config
 TIMING_BUDGET_FLOPS = 5e9  # forward passes above this are not timed: seconds per slider move is not "at once"
@@ -153,4 +153,67 @@ def moe_explorer(base: GPTConfig, ids: torch.Tensor) -> W.interactive:
         top_k=W.IntSlider(value=2, min=1, max=4, description="top_k", **opts),
         capacity_factor=W.FloatSlider(value=1.25, min=0.25, max=4.0, step=0.25, description="capacity_factor",
                                       **opts),
+    )
+
+
+# ------------------------------------------------------------------ 07_modern_moe
+BALANCING_STEPS = (0, 10, 25, 50, 150)  # steps at which the balancing simulation is reported
+
+
+def skewed_router_scores(n_tokens: int, n_expert: int, seed: int = 0) -> torch.Tensor:
+    """(N, E) sigmoid scores of a toy router that prefers the first experts: logits N(0, 0.6^2) plus a
+    per-expert offset from +0.3 (expert 0) down to -0.3 (the last one). Reproducible from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    offset = torch.linspace(0.3, -0.3, n_expert)  # (E,)
+    return torch.sigmoid(torch.randn(n_tokens, n_expert, generator=generator) * 0.6 + offset)
+
+
+def modern_moe_report(n_expert: int, expert_hidden: int, top_k: int, n_shared_expert: int, bias_update_rate: float,
+                      base: GPTConfig, n_tokens: int = 800) -> str:
+    """Total vs active parameters of `base` with n_expert routed experts of width expert_hidden (top_k
+    each) and n_shared_expert shared ones, and what the balancing bias at this rate does to a skewed
+    toy router (`skewed_router_scores`, frozen) over 150 steps. Impossible settings give the library's error."""
+    try:
+        config = replace(base, n_expert=n_expert, expert_hidden=expert_hidden, top_k=top_k,
+                         n_shared_expert=n_shared_expert, bias_update_rate=bias_update_rate)
+    except ValueError as err:
+        return f"**Impossible configuration.** {err}"
+    dense, cost = model_cost(replace(base, n_expert=0, n_shared_expert=0)), model_cost(config)
+    C, H = config.n_embd, config.hidden_size
+    balance = simulate_bias_balancing(skewed_router_scores(n_tokens, n_expert), top_k, bias_update_rate,
+                                      BALANCING_STEPS[-1])
+    rows = [
+        ("routed experts", f"{n_expert} x {config.expert_type} {C} → {H} → {C}, top-{top_k} per token"),
+        ("shared experts (every token)", f"{n_shared_expert}" + (f" ({n_shared_expert * H} hidden units)"
+                                                                 if n_shared_expert else "")),
+        ("expert hidden units a token uses", f"{(top_k + n_shared_expert) * H} of {(n_expert + n_shared_expert) * H}"),
+        ("parameters (total: memory)", f"{cost.params:,} ({cost.params / dense.params:.2f}x dense)"),
+        ("active parameters per token (compute)",
+         f"{cost.active_params:,} ({cost.active_params / dense.params:.2f}x dense)"),
+        ("training FLOPs per token", f"{format_count(cost.train_flops_per_token)} "
+                                     f"(dense: {format_count(dense.train_flops_per_token)})"),
+        (f"balancing bias at rate {bias_update_rate:g}: busiest expert / fair share, toy router",
+         " → ".join(f"step {s}: {balance[s]:.2f}" for s in BALANCING_STEPS)),
+    ]
+    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def modern_moe_explorer(base: GPTConfig) -> W.interactive:
+    """Sliders for routed experts, their width, top-k, shared experts and the bias rate; the table follows."""
+    opts = {"style": {"description_width": "130px"}, "continuous_update": False}
+
+    def show(n_expert, expert_hidden, top_k, n_shared_expert, bias_update_rate):
+        return Markdown(modern_moe_report(n_expert, expert_hidden, top_k, n_shared_expert, bias_update_rate, base))
+
+    return W.interactive(
+        show,
+        {"auto_display": True},
+        n_expert=W.IntSlider(value=base.n_expert, min=1, max=64, description="n_expert", **opts),
+        expert_hidden=W.IntSlider(value=base.hidden_size, min=8, max=512, step=2, description="expert_hidden",
+                                  **opts),
+        top_k=W.IntSlider(value=base.top_k, min=1, max=8, description="top_k", **opts),
+        n_shared_expert=W.IntSlider(value=base.n_shared_expert, min=0, max=4, description="n_shared_expert",
+                                    **opts),
+        bias_update_rate=W.FloatLogSlider(value=max(base.bias_update_rate, 1e-3), base=10, min=-4, max=-0.5,
+                                          step=0.25, description="bias_update_rate", **opts),
     )

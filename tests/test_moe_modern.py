@@ -13,6 +13,7 @@ from nanogpt_lib import GPT, GPTConfig, TrainConfig, fit, load_checkpoint, make_
 from nanogpt_lib.corpus_train import accumulated_step
 from nanogpt_lib.hf_moe import from_deepseek_v3, from_mixtral, parity_checks
 from nanogpt_lib.moe import Experts, MoE, load_balancing_loss, route, update_expert_biases
+from nanogpt_lib.train import main
 
 C, H = 32, 24  # width of the residual stream, hidden width of one expert
 BASE = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=C, dropout=0.0)
@@ -369,3 +370,18 @@ def test_one_expert_without_shared_experts_ignores_the_part3_router_options():
     b = GPT(GPTConfig(**BASE, n_expert=1, top_k=1, capacity_factor=None, router_type="sigmoid"))
     x = torch.randint(0, 64, (2, 16))
     torch.testing.assert_close(a.eval()(x)[0], b.eval()(x)[0])
+
+
+# ------------------------------------------------------------- command line
+def test_command_line_trains_a_part3_model(capsys):
+    main(["--epochs", "4", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--n-expert", "6", "--top-k", "2",
+          "--expert-type", "swiglu", "--expert-hidden", "16", "--n-shared-expert", "1", "--router-type", "sigmoid",
+          "--norm-topk-prob", "true", "--bias-update-rate", "0.01", "--aux-loss-weight", "0", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "6 experts, top-2 (swiglu experts, 1 shared, sigmoid router, balancing bias)" in out
+
+
+def test_command_line_refuses_a_bad_norm_topk_prob(capsys):
+    with pytest.raises(SystemExit):
+        main(["--n-expert", "4", "--norm-topk-prob", "maybe", "--no-progress"])
+    assert "'maybe' is not one of true, false, none" in capsys.readouterr().err

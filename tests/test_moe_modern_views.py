@@ -1,0 +1,97 @@
+"""Part 3's helpers for notebook 07: the balancing simulation, its slider table and the plots."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from nanogpt_lib import GPTConfig, TrainConfig  # noqa: E402
+from nanogpt_lib.corpus_train import CorpusConfig  # noqa: E402
+from nanogpt_lib.costs import model_cost  # noqa: E402
+from nanogpt_lib.experiments import compare_on_corpus  # noqa: E402
+from nanogpt_lib.moe import bias_step, simulate_bias_balancing  # noqa: E402
+from nanogpt_lib.plots import plot_balance, plot_expert_bias, plot_expert_share  # noqa: E402
+from nanogpt_lib.tokens import tokens_in_memory  # noqa: E402
+from nanogpt_lib.widgets import modern_moe_explorer, modern_moe_report, skewed_router_scores  # noqa: E402
+
+BASE = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+PART3 = dict(n_expert=6, top_k=2, expert_type="swiglu", expert_hidden=8, n_shared_expert=1)
+
+
+@pytest.fixture(scope="module")
+def results():
+    """A Part-3 model balanced by the auxiliary loss and one balanced by the bias, trained on toy tokens."""
+    rng = np.random.default_rng(0)
+    data = tokens_in_memory(rng.integers(0, 64, 400), rng.integers(0, 64, 60), "toy", 64)
+    configs = {
+        "aux loss": GPTConfig(**BASE, **PART3),
+        "bias": GPTConfig(**BASE, **PART3, router_type="sigmoid", bias_update_rate=0.05, aux_loss_weight=0.0),
+    }
+    return compare_on_corpus(configs, data, TrainConfig(lr=3e-3, seed=0),
+                             CorpusConfig(steps=6, batch_size=2, eval_interval=3, eval_batches=1, warmup_steps=1),
+                             progress=False)
+
+
+def test_bias_step_raises_the_idle_and_lowers_the_busy():
+    torch.testing.assert_close(bias_step(torch.tensor([5.0, 1.0, 3.0]), 0.5), torch.tensor([-0.5, 0.5, 0.0]))
+
+
+def test_the_simulation_balances_a_skewed_router_at_a_good_rate_only():
+    scores = skewed_router_scores(800, 8, seed=0)
+    assert torch.equal(scores, skewed_router_scores(800, 8, seed=0)) and scores.shape == (800, 8)
+    off = simulate_bias_balancing(scores, top_k=2, rate=0.0, steps=50)
+    good = simulate_bias_balancing(scores, top_k=2, rate=0.01, steps=50)
+    too_big = simulate_bias_balancing(scores, top_k=2, rate=0.5, steps=50)
+    assert len(off) == 51 and len(set(off)) == 1 and off[0] > 1.4  # nothing moves without a rate
+    assert good[0] == off[0] and max(good[-10:]) < 1.15  # balanced within 50 steps
+    assert min(too_big[-10:]) > max(good[-10:])  # overshoots: every bias jumps by the full rate
+    with pytest.raises(ValueError, match="steps=-1"):
+        simulate_bias_balancing(scores, 2, 0.01, -1)
+
+
+def test_modern_report_counts_what_the_library_builds():
+    base = GPTConfig(**BASE, **PART3)
+    text = modern_moe_report(12, 4, 3, 2, 0.01, base)
+    cost = model_cost(GPTConfig(**{**base.to_dict(), "n_expert": 12, "expert_hidden": 4, "top_k": 3,
+                                   "n_shared_expert": 2, "bias_update_rate": 0.01}))
+    assert f"{cost.params:,}" in text and f"{cost.active_params:,}" in text
+    assert "12 x swiglu 16 → 4 → 16, top-3" in text and "| 20 of 56 |" in text  # (3 + 2) x 4 of (12 + 2) x 4
+    balance = simulate_bias_balancing(skewed_router_scores(800, 12), 3, 0.01, 150)
+    assert f"step 0: {balance[0]:.2f}" in text and f"step 150: {balance[150]:.2f}" in text
+    impossible = modern_moe_report(2, 4, 3, 0, 0.01, base)
+    assert "Impossible configuration" in impossible and "top_k=3" in impossible
+
+
+def test_modern_explorer_updates_when_a_slider_moves():
+    w = modern_moe_explorer(GPTConfig(**BASE, **PART3, bias_update_rate=0.01))
+    before = w.result.data
+    w.children[3].value = 3  # shared experts
+    assert w.result.data != before and "| shared experts (every token) | 3 (24 hidden units) |" in w.result.data
+    w.children[4].value = 0.1  # the bias rate
+    assert "balancing bias at rate 0.1:" in w.result.data
+
+
+def test_balance_plot_draws_every_moe_model(results):
+    fig = plot_balance(results, window=2)
+    left, right = fig.axes
+    assert [line.get_label() for line in left.lines][:2] == ["aux loss", "bias"]
+    assert len(left.lines[0].get_xdata()) == 6 and len(right.lines) == 2
+    plt.close(fig)
+
+
+def test_bias_plot_and_layer_choice(results):
+    aux, bias = results
+    fig = plot_expert_bias(bias.history, layers=[1])
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 6 + 1  # one line per expert, and the zero line
+    plt.close(fig)
+    fig = plot_expert_share(aux.history, layers=[0])
+    assert len([a for a in fig.axes if a.get_title()]) == 1
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no balancing-bias records"):
+        plot_expert_bias(aux.history)
+    with pytest.raises(ValueError, match=r"layers=\[2\]"):
+        plot_expert_share(aux.history, layers=[2])
