@@ -34,7 +34,7 @@ class GPTConfig:
     capacity_factor: float | None = 1.25  # training: slots per expert = factor * tokens * top_k / n_expert
     eval_capacity_factor: float | None = None  # the same in eval mode; None (default): no limit, nothing dropped
     aux_loss_weight: float = 0.01  # Switch load-balancing loss weight
-    z_loss_weight: float = 0.001  # ST-MoE router z-loss weight
+    z_loss_weight: float = 0.001  # ST-MoE router z-loss weight (softmax routers; a sigmoid router has none)
     router_noise: float = 0.0  # std of Gaussian noise on router logits, training only
     moe_dispatch: str = "vectorised"  # "vectorised" (batched matmuls) or "loop" (one expert at a time)
     # --- today's MoE designs (Part 3); the defaults keep Part 2's MoE
@@ -42,7 +42,7 @@ class GPTConfig:
     n_shared_expert: int = 0  # always-active experts added to the routed ones (DeepSeek), same width each
     router_type: str = "softmax"  # "softmax" (probabilities) or "sigmoid" (DeepSeek-V3 scores)
     norm_topk_prob: bool | None = None  # renormalise the k chosen weights; None: only when top_k >= 2
-    bias_update_rate: float = 0.0  # auxiliary-loss-free balancing: per-step change of the expert bias (0: off)
+    bias_update_rate: float = 0.0  # loss-free balancing: per-step change of the expert bias (0: none, or frozen)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -99,3 +99,23 @@ def compare_on_corpus(
                                     active_params=model.num_active_params(), history=run.history,
                                     seconds=run.train_seconds))
     return results
+
+
+def modern_moe_variants(part2: GPTConfig, bias_update_rate: float = 0.01) -> dict[str, GPTConfig]:
+    """Notebook 07's four variants of a Part-2 MoE config (E experts of width H, top-k), at about the same
+    active parameters: Part 2 itself; SwiGLU experts of width 2H // 3 (the same parameters per expert);
+    fine-grained + shared (each SwiGLU expert split in 4, 2 of the 4E quarters shared, the router picking
+    4k - 2 of the others); and the latter with DeepSeek-V3's sigmoid router and balancing bias instead of
+    the auxiliary loss (and without the z-loss, which a sigmoid router does not use)."""
+    if part2.n_expert == 0 or part2.expert_type != "gelu" or part2.n_shared_expert != 0:
+        raise ValueError(f"part2 must be a Part-2 MoE config (n_expert > 0, GELU experts, no shared ones), got "
+                         f"n_expert={part2.n_expert}, expert_type={part2.expert_type!r}, "
+                         f"n_shared_expert={part2.n_shared_expert}")
+    swiglu_width = 2 * part2.hidden_size // 3
+    swiglu = replace(part2, expert_type="swiglu", expert_hidden=swiglu_width)
+    fine_shared = replace(swiglu, n_expert=4 * part2.n_expert - 2, expert_hidden=swiglu_width // 4,
+                          top_k=4 * part2.top_k - 2, n_shared_expert=2)
+    loss_free = replace(fine_shared, router_type="sigmoid", bias_update_rate=bias_update_rate, aux_loss_weight=0.0,
+                        z_loss_weight=0.0)
+    return {"Part 2 MoE": part2, "SwiGLU experts": swiglu, "fine-grained + shared": fine_shared,
+            "+ loss-free balancing": loss_free}

@@ -65,15 +65,16 @@ def from_deepseek_v3(block) -> MoE:
                          f"only 1.0 converts")
     shared = block.shared_experts
     n_shared = shared.gate_proj.out_features // config.moe_intermediate_size
+    # bias_update_rate 0: the imported bias is kept as it is (frozen); set a rate to keep balancing
     layer = MoE(_layer_config(block.experts, config.num_experts_per_tok, router_type="sigmoid",
-                              norm_topk_prob=config.norm_topk_prob, n_shared_expert=n_shared,
-                              bias_update_rate=1e-3))  # any rate > 0: the layer gets its bias buffer
+                              norm_topk_prob=config.norm_topk_prob, n_shared_expert=n_shared))
     with torch.no_grad():
         layer.router.weight.copy_(block.gate.weight)
         layer.expert_bias.copy_(block.gate.e_score_correction_bias)
-        fused = torch.cat([shared.gate_proj.weight, shared.up_proj.weight])  # (2 * N * H, C): [gate; up]
-        layer.shared_experts.gate_up_proj.weight[0].copy_(fused.t())
-        layer.shared_experts.down_proj.weight[0].copy_(shared.down_proj.weight.t())
+        if n_shared > 0:
+            fused = torch.cat([shared.gate_proj.weight, shared.up_proj.weight])  # (2 * N * H, C): [gate; up]
+            layer.shared_experts.gate_up_proj.weight[0].copy_(fused.t())
+            layer.shared_experts.down_proj.weight[0].copy_(shared.down_proj.weight.t())
     _copy_experts(layer, block.experts)
     return layer.eval()
 
@@ -89,11 +90,12 @@ class ParityCheck:
     same_choices: bool | None = None  # routers: the same experts for every token (None: not a router check)
 
 
-def _randomise(module: torch.nn.Module, std: float) -> None:
+def randomise_parameters(module: torch.nn.Module, std: float) -> torch.nn.Module:
     """transformers leaves expert tensors uninitialised until a model's init runs: give every parameter N(0, std)."""
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, std)
+    return module
 
 
 def _compare(name: str, ours: torch.Tensor, theirs: torch.Tensor, same_choices: bool | None = None) -> ParityCheck:
@@ -101,7 +103,7 @@ def _compare(name: str, ours: torch.Tensor, theirs: torch.Tensor, same_choices: 
                        max_abs_value=theirs.abs().max().item(), same_choices=same_choices)
 
 
-def _by_expert(experts: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sort_choices_by_expert(experts: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each token's choices ordered by expert index (transformers' DeepSeek top-k is unsorted)."""
     order = experts.argsort(dim=-1)
     return experts.gather(1, order), weights.gather(1, order)
@@ -128,7 +130,7 @@ def parity_checks(seed: int = 0, n_embd: int = 64, hidden: int = 48, n_expert: i
         theirs = MixtralSparseMoeBlock(MixtralConfig(
             hidden_size=n_embd, intermediate_size=hidden, num_local_experts=n_expert, num_experts_per_tok=top_k,
             hidden_act="silu", router_jitter_noise=0.0, experts_implementation="eager")).eval()
-        _randomise(theirs, 0.1)
+        randomise_parameters(theirs, 0.1)
         ours = from_mixtral(theirs)
         with torch.no_grad():
             checks.append(_compare(f"MoE block vs MixtralSparseMoeBlock, top-{top_k}", ours(x)[0], theirs(x.clone())))
@@ -142,7 +144,7 @@ def parity_checks(seed: int = 0, n_embd: int = 64, hidden: int = 48, n_expert: i
         hidden_size=n_embd, moe_intermediate_size=hidden, n_routed_experts=n_expert, num_experts_per_tok=2,
         n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True, n_shared_experts=1,
         hidden_act="silu", experts_implementation="eager")).eval()
-    _randomise(theirs, 0.1)
+    randomise_parameters(theirs, 0.1)
     with torch.no_grad():
         theirs.gate.e_score_correction_bias.copy_(torch.randn(n_expert, generator=generator) * 0.3)
     ours = from_deepseek_v3(theirs)
@@ -150,7 +152,8 @@ def parity_checks(seed: int = 0, n_embd: int = 64, hidden: int = 48, n_expert: i
     with torch.no_grad():
         _, their_weights, their_experts = theirs.gate(flat)
         routing = ours.route(flat)
-        (e1, w1), (e2, w2) = _by_expert(routing.experts, routing.weights), _by_expert(their_experts, their_weights)
+        e1, w1 = sort_choices_by_expert(routing.experts, routing.weights)
+        e2, w2 = sort_choices_by_expert(their_experts, their_weights)
         checks.append(_compare("sigmoid router + bias vs DeepseekV3TopkRouter (1 group), weights", w1, w2,
                                same_choices=bool(torch.equal(e1, e2))))
         checks.append(_compare("MoE block + 1 shared expert vs DeepseekV3MoE", ours(x)[0], theirs(x)))

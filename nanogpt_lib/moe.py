@@ -49,10 +49,11 @@ Part 3: today's designs, each one setting of `GPTConfig` on top of the above.
         the same sum (with one output bias instead of S).
     sigmoid router (router_type="sigmoid"):  s_i = sigmoid(logit_i), each expert scored on its own
         (DeepSeek-V3); the chosen scores are renormalised for the weights, and P in L_aux uses s / sum(s).
+        The z-loss, which bounds the softmax's normaliser, is 0 for a sigmoid router.
     auxiliary-loss-free balancing (bias_update_rate = u > 0), DeepSeek-V3:
         top-k   = the k largest s_i + b_i      the bias b only decides which experts are chosen
         w_j     = s_j (renormalised)           the weights use the unbiased scores
-        after each optimisation step:  b_i <- b_i + u * sign(mean load - load_i)
+        after each optimisation step:  b_i <- b_i + u * sign(mean load - load_i)   (u = 0: b frozen)
         An overloaded expert becomes a little less attractive, an idle one more, with no loss term
         and no gradient: the router's gradient stays the language model's alone.
     `norm_topk_prob` chooses the weight convention: None (above), True (always renormalise:
@@ -71,7 +72,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import GPTConfig
+from .config import EXPERT_TYPES, ROUTER_TYPES, GPTConfig
 
 
 # ---------------------------------------------------------------- experts
@@ -126,7 +127,7 @@ class Experts(nn.Module):
             self.gate_up_proj = BatchedLinear(E, C, 2 * H, bias=bias)
             self.down_proj = BatchedLinear(E, H, C, bias=bias)
         else:
-            raise ValueError(f"expert kind {kind!r} is not known; choose one of ('gelu', 'swiglu')")
+            raise ValueError(f"expert kind {kind!r} is not known; choose one of {EXPERT_TYPES}")
         self.dropout = nn.Dropout(dropout)
 
     @classmethod
@@ -227,7 +228,7 @@ def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str =
         scores = torch.sigmoid(logits)  # (N, E), each in (0, 1) on its own
         probs = scores / scores.sum(dim=-1, keepdim=True)  # (N, E): for the balancing loss and statistics
     else:
-        raise ValueError(f"router_type={router_type!r} is not known; choose one of ('softmax', 'sigmoid')")
+        raise ValueError(f"router_type={router_type!r} is not known; choose one of {ROUTER_TYPES}")
     choice = scores if bias is None else scores + bias  # (N, E): the bias moves choices, not weights
     experts = torch.topk(choice, top_k, dim=-1).indices  # (N, k), most preferred first
     top = scores.gather(1, experts)  # (N, k): the unbiased scores of the chosen experts
@@ -293,7 +294,7 @@ def dispatch_vectorised(x: torch.Tensor, routing: Routing, experts: Experts) -> 
     buffer = x.new_zeros(routing.n_expert, rows, C)  # (E, S, C); empty seats stay zero
     buffer[expert, slot] = x[token]
     y = experts(buffer)  # (E, S, C)
-    return torch.zeros_like(x).index_add_(0, token, weight * y[expert, slot])  # (N, C)
+    return torch.zeros_like(x).index_add_(0, token, (weight * y[expert, slot]).to(x.dtype))  # (N, C)
 
 
 DISPATCH = {"vectorised": dispatch_vectorised, "loop": dispatch_loop}
@@ -326,7 +327,11 @@ class MoE(nn.Module):
 
     Part 3's options, each one setting (see the module docstring): SwiGLU experts, shared experts
     that every token uses, a sigmoid router, and a balancing bias updated by `update_bias` after each
-    optimisation step.
+    optimisation step. `train_step` and the corpus loop call `update_expert_biases` for you; a loop of
+    your own calls it after each `optimizer.step()`. Only training-mode forwards with gradients enabled
+    count towards the load, so evaluation, generation and `torch.no_grad()` inspections do not.
+    A sigmoid router always holds the bias (a zero one, frozen, when the rate is 0: a learned bias can
+    be kept fixed, as DeepSeek-V3 did at the end of its training).
     """
 
     def __init__(self, config: GPTConfig):
@@ -343,11 +348,14 @@ class MoE(nn.Module):
         if config.n_shared_expert > 0:  # N shared experts of width H are one MLP of width N * H
             self.shared_experts = Experts(1, config.n_embd, config.n_shared_expert * config.hidden_size,
                                           config.expert_type, config.bias, config.dropout)
-        if self.bias_update_rate > 0:  # a buffer: saved in checkpoints, never touched by the optimiser
+        if config.router_type == "sigmoid" or self.bias_update_rate > 0:
+            # a buffer: saved in checkpoints, never touched by the optimiser; with rate 0 it stays frozen
             self.register_buffer("expert_bias", torch.zeros(config.n_expert))
         else:
             self.expert_bias = None
-        self.load: torch.Tensor | None = None  # (E,) choices per expert since the last update_bias
+        # (E,) choices per expert since the last update_bias. A plain attribute, not a buffer: DDP would
+        # overwrite every rank's count with rank 0's at each forward.
+        self.load: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, collect: bool = True) -> tuple[torch.Tensor, MoELayerOutput | None]:
         """(B, T, C) -> (B, T, C), and the layer's losses and statistics (None with `collect=False`:
@@ -358,12 +366,14 @@ class MoE(nn.Module):
         y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
         if self.shared_experts is not None:  # every token, weight 1
             y = y + self.shared_experts(flat.unsqueeze(0)).squeeze(0)  # (1, N, C) -> (N, C)
-        if self.training and self.expert_bias is not None:
+        if self.bias_update_rate > 0 and self.training and torch.is_grad_enabled():  # training forwards only
             counts = routing.expert_counts().to(self.expert_bias.dtype)  # (E,)
-            self.load = counts if self.load is None else self.load + counts
+            self.load = counts if self.load is None else self.load.to(counts.device) + counts
         out = None
         if collect:
-            out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=router_z_loss(routing.logits),
+            # z-loss bounds the softmax's normaliser; a sigmoid router has none (it would only push logits down)
+            z_loss = router_z_loss(routing.logits) if self.router_type == "softmax" else x.new_zeros(())
+            out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=z_loss,
                                  stats=layer_stats(routing, self.expert_bias))
         return y.view(B, T, C), out
 

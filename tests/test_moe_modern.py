@@ -1,5 +1,6 @@
 """Part 3: SwiGLU and shared experts, the sigmoid router with its balancing bias, and parity with transformers."""
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,13 @@ from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock, 
 
 from nanogpt_lib import GPT, GPTConfig, TrainConfig, fit, load_checkpoint, make_optimizer, save_checkpoint, train_step
 from nanogpt_lib.corpus_train import accumulated_step
-from nanogpt_lib.hf_moe import from_deepseek_v3, from_mixtral, parity_checks
+from nanogpt_lib.hf_moe import (
+    from_deepseek_v3,
+    from_mixtral,
+    parity_checks,
+    randomise_parameters,
+    sort_choices_by_expert,
+)
 from nanogpt_lib.moe import Experts, MoE, load_balancing_loss, route, update_expert_biases
 from nanogpt_lib.train import main
 
@@ -131,10 +138,7 @@ def test_swiglu_down_projections_start_small_like_gpt2_residual_projections():
 # ------------------------------------------------------------- parity: Mixtral
 def randomised(module):
     """transformers leaves expert tensors uninitialised outside a model: random weights, outputs of order 1."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 0.1)
-    return module.eval()
+    return randomise_parameters(module, 0.1).eval()
 
 
 def mixtral_block(top_k: int) -> MixtralSparseMoeBlock:
@@ -200,27 +204,23 @@ def deepseek_block(top_k: int, n_shared: int = 1, **overrides) -> DeepseekV3MoE:
     return block
 
 
-def by_expert(indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers returns the top-k unsorted: order each token's choices by expert index."""
-    order = indices.argsort(dim=-1)
-    return indices.gather(1, order), weights.gather(1, order)
-
-
 @pytest.mark.parametrize("top_k", [1, 2, 4])
 def test_sigmoid_router_with_bias_equals_transformers_deepseek_v3(top_k):
     torch.manual_seed(top_k)
     theirs = deepseek_block(top_k)
     ours = from_deepseek_v3(theirs)
-    assert ours.router_type == "sigmoid" and ours.bias_update_rate > 0
+    assert ours.router_type == "sigmoid" and ours.bias_update_rate == 0  # the imported bias is kept frozen
+    torch.testing.assert_close(ours.expert_bias, theirs.gate.e_score_correction_bias)
     x = torch.randn(40, C)
     _, their_weights, their_indices = theirs.gate(x)
     routing = ours.route(x)
-    got, want = by_expert(routing.experts, routing.weights), by_expert(their_indices, their_weights)
+    got = sort_choices_by_expert(routing.experts, routing.weights)
+    want = sort_choices_by_expert(their_indices, their_weights)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
     # the bias decided some choices: without it, some tokens choose differently
     unbiased = route(routing.logits, top_k, 40, router_type="sigmoid", norm_topk_prob=True)
-    assert not torch.equal(by_expert(unbiased.experts, unbiased.weights)[0], got[0])
+    assert not torch.equal(sort_choices_by_expert(unbiased.experts, unbiased.weights)[0], got[0])
 
 
 @pytest.mark.parametrize("n_shared", [1, 2])
@@ -300,6 +300,9 @@ def test_the_load_is_counted_in_training_only_and_over_micro_batches():
     layer.eval()(x)
     assert layer.load is None
     layer.train()
+    with torch.no_grad():  # an inspection, not a training forward
+        layer(x)
+    assert layer.load is None
     layer(x)
     layer(x)
     assert layer.load.sum().item() == 2 * 6 * 2  # two micro-batches of 6 tokens, 2 choices each
@@ -318,9 +321,22 @@ def test_the_bias_is_a_buffer_saved_in_checkpoints_not_a_parameter(tmp_path):
     assert history.moe[-1]["bias"][0] != history.moe[0]["bias"][0]  # logged: the bias of each step
     loaded = load_checkpoint(save_checkpoint(tmp_path / "m.pt", model)).model
     torch.testing.assert_close(loaded.transformer.h[0].mlp.expert_bias, bias)
-    # no gradient reaches it, and the optimiser does not hold it
-    assert all(p is not model.transformer.h[0].mlp.expert_bias for g in make_optimizer(
-        model, TrainConfig()).param_groups for p in g["params"])
+
+
+def test_a_learned_bias_can_be_kept_frozen():
+    """Rate 0 with a sigmoid router: the buffer is there (a checkpoint's bias loads into it) and training
+    leaves it as it is, as DeepSeek-V3 did for the end of its training."""
+    torch.manual_seed(0)
+    trained = GPT(config(router_type="sigmoid", bias_update_rate=0.01, aux_loss_weight=0.0))
+    x = torch.randint(0, 64, (4, 16))
+    fit(trained, (x, x), TrainConfig(epochs=3, lr=1e-3), progress=False)
+    frozen = GPT(config(router_type="sigmoid", bias_update_rate=0.0, aux_loss_weight=0.0))
+    frozen.load_state_dict(trained.state_dict())  # strict: the same buffers
+    learned = frozen.transformer.h[0].mlp.expert_bias.clone()
+    assert learned.abs().sum() > 0
+    fit(frozen, (x, x), TrainConfig(epochs=3, lr=1e-3), progress=False)
+    torch.testing.assert_close(frozen.transformer.h[0].mlp.expert_bias, learned, rtol=0, atol=0)
+    assert frozen.transformer.h[0].mlp.load is None  # rate 0: nothing is even counted
 
 
 def test_a_model_without_the_bias_has_none_and_logs_none():
@@ -345,21 +361,50 @@ def test_the_bias_balances_a_router_that_favours_one_expert():
     x = torch.randn(1, 256, C).abs()  # positive inputs: expert 0's row adds to every score
     imbalances = []
     for _ in range(60):
+        layer(x)  # a training forward: counts the load
         with torch.no_grad():
-            layer(x)
             routing = layer.route(x[0])
         imbalances.append(routing.expert_share().max().item() * 4)
         update_expert_biases(layer)
     assert imbalances[0] > 3.0 and max(imbalances[-10:]) < 1.5
 
 
-def test_training_updates_the_bias_in_the_corpus_loop_too():
+def test_the_corpus_loop_counts_every_micro_batch():
+    """The bias after one accumulated step is the rule applied to the load of both micro-batches."""
     torch.manual_seed(0)
     model = GPT(config(bias_update_rate=0.01))
+    batches = [(x, x) for x in torch.randint(0, 64, (2, 2, 16), generator=torch.Generator().manual_seed(1))]
+
+    def bias_after(forwards):
+        clone = copy.deepcopy(model).train()
+        for x, _ in forwards:
+            clone(x)
+        update_expert_biases(clone)
+        return clone.transformer.h[0].mlp.expert_bias
+
+    both, last_only = bias_after(batches), bias_after(batches[1:])
+    assert not torch.equal(both, last_only)  # the test can tell the two apart
+    accumulated_step(model, make_optimizer(model, TrainConfig()), batches, grad_clip=1.0)
+    torch.testing.assert_close(model.transformer.h[0].mlp.expert_bias, both, rtol=0, atol=0)
+
+
+def test_a_sigmoid_router_has_no_z_loss():
+    torch.manual_seed(0)
     x = torch.randint(0, 64, (2, 16))
-    accumulated_step(model, make_optimizer(model, TrainConfig()), [(x, x), (x, x)], grad_clip=1.0)
-    bias = model.transformer.h[0].mlp.expert_bias
-    assert torch.all((bias == 0) | torch.isclose(bias.abs(), torch.tensor(0.01))) and bias.abs().sum() > 0
+    for router_type, has_z in (("softmax", True), ("sigmoid", False)):
+        _, _, moe = GPT(config(router_type=router_type))(x, with_moe=True)
+        assert (moe.z_loss.item() > 0) == has_z
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # their empty shared MLP
+def test_a_deepseek_block_without_shared_experts_converts():
+    torch.manual_seed(0)
+    theirs = deepseek_block(top_k=2, n_shared=0)
+    ours = from_deepseek_v3(theirs)
+    assert ours.shared_experts is None
+    x = torch.randn(1, 5, C)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], theirs(x))
 
 
 def test_one_expert_without_shared_experts_ignores_the_part3_router_options():

@@ -12,11 +12,12 @@ import torch  # noqa: E402
 from nanogpt_lib import GPTConfig, TrainConfig  # noqa: E402
 from nanogpt_lib.corpus_train import CorpusConfig  # noqa: E402
 from nanogpt_lib.costs import model_cost  # noqa: E402
-from nanogpt_lib.experiments import compare_on_corpus  # noqa: E402
+from nanogpt_lib.experiments import compare_on_corpus, modern_moe_variants  # noqa: E402
 from nanogpt_lib.moe import bias_step, simulate_bias_balancing  # noqa: E402
 from nanogpt_lib.plots import plot_balance, plot_expert_bias, plot_expert_share  # noqa: E402
 from nanogpt_lib.tokens import tokens_in_memory  # noqa: E402
 from nanogpt_lib.widgets import modern_moe_explorer, modern_moe_report, skewed_router_scores  # noqa: E402
+from studies.modern_moe_seeds import main as seed_study  # noqa: E402
 
 BASE = dict(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 PART3 = dict(n_expert=6, top_k=2, expert_type="swiglu", expert_hidden=8, n_shared_expert=1)
@@ -95,3 +96,26 @@ def test_bias_plot_and_layer_choice(results):
         plot_expert_bias(aux.history)
     with pytest.raises(ValueError, match=r"layers=\[2\]"):
         plot_expert_share(aux.history, layers=[2])
+
+
+def test_the_notebook_variants_keep_the_active_size():
+    part2 = GPTConfig(**BASE, n_expert=8, top_k=2, expert_hidden=24)
+    configs = modern_moe_variants(part2)
+    assert list(configs) == ["Part 2 MoE", "SwiGLU experts", "fine-grained + shared", "+ loss-free balancing"]
+    swiglu, fine, free = configs["SwiGLU experts"], configs["fine-grained + shared"], configs["+ loss-free balancing"]
+    assert (swiglu.expert_type, swiglu.hidden_size) == ("swiglu", 16)
+    assert (fine.n_expert, fine.hidden_size, fine.top_k, fine.n_shared_expert) == (30, 4, 6, 2)
+    assert (fine.top_k + fine.n_shared_expert) * fine.hidden_size == swiglu.top_k * swiglu.hidden_size
+    assert free == GPTConfig(**{**fine.to_dict(), "router_type": "sigmoid", "bias_update_rate": 0.01,
+                                "aux_loss_weight": 0.0, "z_loss_weight": 0.0})
+    with pytest.raises(ValueError, match="expert_type='swiglu'"):
+        modern_moe_variants(swiglu)
+
+
+def test_the_seed_study_runs_end_to_end(capsys):
+    val = seed_study(["--seeds", "1", "--steps", "6", "--ablation"])
+    out = capsys.readouterr().out
+    assert set(val) == {"softmax + aux loss", "sigmoid + aux loss", "sigmoid + bias 0.01", "sigmoid + bias 0.003",
+                        "softmax + bias 0.003"}
+    assert all(len(v) == 1 and v[0] > 1 for v in val.values())
+    assert "6 steps, 1 seeds, cpu" in out and "imbalance" in out

@@ -1,0 +1,1 @@
+"""Experiments that take longer than a notebook cell: run them with `python -m studies.NAME`."""
