@@ -2,6 +2,7 @@
 
     python -m studies.modern_moe_seeds --device cuda --seeds 12              # the notebook's variants
     python -m studies.modern_moe_seeds --device cuda --seeds 12 --ablation   # the balancing ablation
+    python -m studies.modern_moe_seeds --device cuda --seeds 12 --dropless   # no capacity limit in training
 
 Each seed trains every variant on the bundled corpus with notebook 06's recipe (150 steps of 8 windows,
 AdamW 3e-3, the same windows for every model) and records the last validation perplexity, and, over the
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p.add_argument("--steps", type=int, default=150, help="optimisation steps per run (notebook 06/07: 150)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--ablation", action="store_true", help="balancing ablation instead of the notebook's variants")
+    p.add_argument("--dropless", action="store_true", help="no capacity limit in training (nothing dropped)")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.steps < 6:
         p.error(f"--seeds {args.seeds} / --steps {args.steps}: need at least 1 seed and 6 steps")
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     data = tokens_in_memory(train_ids.numpy(), val_ids.numpy(), tokenizer.name_or_path, len(tokenizer),
                             source="bundled corpus")
     configs = variants(len(tokenizer), args.ablation)
+    if args.dropless:
+        configs = {name: replace(c, capacity_factor=None) for name, c in configs.items()}
     corpus = CorpusConfig(steps=args.steps, batch_size=8, eval_interval=args.steps // 6, eval_batches=2,
                           warmup_steps=max(1, args.steps // 10))
     val = {name: [] for name in configs}

@@ -113,9 +113,10 @@ def test_the_notebook_variants_keep_the_active_size():
 
 
 def test_the_seed_study_runs_end_to_end(capsys):
-    val = seed_study(["--seeds", "1", "--steps", "6", "--ablation"])
+    val = seed_study(["--seeds", "1", "--steps", "6", "--ablation", "--dropless"])
     out = capsys.readouterr().out
     assert set(val) == {"softmax + aux loss", "sigmoid + aux loss", "sigmoid + bias 0.01", "sigmoid + bias 0.003",
                         "softmax + bias 0.003"}
     assert all(len(v) == 1 and v[0] > 1 for v in val.values())
     assert "6 steps, 1 seeds, cpu" in out and "imbalance" in out
+    assert out.count("dropped 0.0%") == 5  # --dropless: no capacity limit, nothing dropped
