@@ -463,6 +463,15 @@ def mean_imbalance(records: list[dict]) -> list[float]:
     return [sum(imbalance(r["share"][i]) for r in records) / len(records) for i in range(layers)]
 
 
+def balance_summary(records: list[dict]) -> tuple[float, float]:
+    """(imbalance, dropped) of routing records (`History.moe`), each averaged over the MoE layers and
+    the records: the busiest expert's share over the fair share, and the share of choices over capacity."""
+    per_layer = mean_imbalance(records)
+    layers = len(per_layer)
+    dropped = sum(sum(r["dropped"]) for r in records) / (len(records) * layers)
+    return sum(per_layer) / layers, dropped
+
+
 @torch.no_grad()
 def layer_stats(routing: Routing, bias: torch.Tensor | None = None) -> LayerStats:
     p = routing.probs

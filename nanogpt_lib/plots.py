@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .config import GPTConfig
 from .costs import format_count, model_cost
 from .evaluation import PositionReport
-from .moe import Routing, imbalance
+from .moe import Routing, balance_summary
 from .training import History
 
 
@@ -279,8 +279,8 @@ def plot_balance(results: Sequence, window: int = 10) -> Figure:
     fig, (ax_imb, ax_drop) = plt.subplots(1, 2, figsize=(12, 3.6))
     for r in moe_results:
         steps = r.history.epoch[-len(r.history.moe):]
-        imb = [sum(imbalance(s) for s in rec["share"]) / len(rec["share"]) for rec in r.history.moe]
-        drop = [100 * sum(rec["dropped"]) / len(rec["dropped"]) for rec in r.history.moe]
+        imb, drop = zip(*(balance_summary([rec]) for rec in r.history.moe), strict=True)  # per step
+        drop = [100 * d for d in drop]
         ax_imb.plot(steps, _rolling_mean(imb, window), lw=1.5, label=r.name)
         ax_drop.plot(steps, _rolling_mean(drop, window), lw=1.5, label=r.name)
     ax_imb.axhline(1.0, color="grey", ls=":", label="1 = perfectly balanced")

@@ -135,13 +135,16 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, **{name: getattr(args, name) for name in _MODEL_OPTIONS})
 
 
+_PART3_CHOICES = ("expert_type", "n_shared_expert", "router_type", "bias_update_rate")
+
+
 def describe(model: GPT) -> str:
     """'1,330,432 parameters (793,344 without embeddings)', plus the active count of an MoE model."""
     text = f"{model.num_params():,} parameters ({model.num_params(non_embedding=True):,} without embeddings)"
     c = model.config
     if c.n_expert > 0:
         text += f"; MoE in blocks {c.moe_layers}: {c.n_expert} experts, top-{c.top_k}"
-        if (c.expert_type, c.n_shared_expert, c.router_type, c.bias_update_rate) != ("gelu", 0, "softmax", 0):
+        if any(getattr(c, name) != getattr(_P1, name) for name in _PART3_CHOICES):  # not Part 2's layer
             text += (f" ({c.expert_type} experts, {c.n_shared_expert} shared, {c.router_type} router"
                      f"{', balancing bias' if c.bias_update_rate > 0 else ''})")
         text += f", {model.num_active_params():,} active per token"

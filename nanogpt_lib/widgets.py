@@ -15,6 +15,12 @@ from .evaluation import continue_text
 from .model import GPT
 from .moe import expert_capacity, simulate_bias_balancing
 
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    """A two-column Markdown table of (quantity, value) rows."""
+    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
 # ------------------------------------------------------------------ 01_config
 TIMING_BUDGET_FLOPS = 5e9  # forward passes above this are not timed: seconds per slider move is not "at once"
 
@@ -50,7 +56,7 @@ def config_report(
             model = GPT(config)
         ms = time_forward(model, batch_size=1, repeats=3)
         rows.append((f"forward pass, 1 x {block_size} tokens (measured here)", f"{ms:.1f} ms"))
-    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return _table(rows)
 
 
 def config_explorer(vocab_size: int, measure_time: bool = True, defaults: GPTConfig | None = None) -> W.interactive:
@@ -136,7 +142,7 @@ def moe_report(n_expert: int, top_k: int, capacity_factor: float, base: GPTConfi
                                              + (f" (capped at the {N} tokens)" if seats == N else "")),
         ("choices dropped per layer (fresh router)", dropped),
     ]
-    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return _table(rows)
 
 
 def moe_explorer(base: GPTConfig, ids: torch.Tensor) -> W.interactive:
@@ -195,7 +201,7 @@ def modern_moe_report(n_expert: int, expert_hidden: int, top_k: int, n_shared_ex
         (f"balancing bias at rate {bias_update_rate:g}: busiest expert / fair share, toy router",
          " → ".join(f"step {s}: {balance[s]:.2f}" for s in BALANCING_STEPS)),
     ]
-    return "| quantity | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return _table(rows)
 
 
 def modern_moe_explorer(base: GPTConfig) -> W.interactive:

@@ -25,7 +25,7 @@ import torch
 from nanogpt_lib import GPTConfig, TrainConfig, bundled_corpus, encode, load_tokenizer, train_val_split
 from nanogpt_lib.corpus_train import CorpusConfig
 from nanogpt_lib.experiments import compare_on_corpus, modern_moe_variants
-from nanogpt_lib.moe import mean_imbalance
+from nanogpt_lib.moe import balance_summary
 from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
 from nanogpt_lib.tokens import tokens_in_memory
 
@@ -75,11 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                                     device=torch.device(args.device))
         for r in results:
             val[r.name].append(math.exp(r.history.evals[-1]["val_loss"]))
-            recent = r.history.moe[-10:]
-            if recent:
-                layers = len(recent[0]["dropped"])
-                dropped = sum(sum(rec["dropped"]) for rec in recent) / (len(recent) * layers)
-                balance[r.name].append((sum(mean_imbalance(recent)) / layers, dropped))
+            if r.history.moe:
+                balance[r.name].append(balance_summary(r.history.moe[-10:]))
         print(f"seed {seed}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in val.items())
               + f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     wins = dict.fromkeys(configs, 0)

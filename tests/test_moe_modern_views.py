@@ -13,7 +13,7 @@ from nanogpt_lib import GPTConfig, TrainConfig  # noqa: E402
 from nanogpt_lib.corpus_train import CorpusConfig  # noqa: E402
 from nanogpt_lib.costs import model_cost  # noqa: E402
 from nanogpt_lib.experiments import compare_on_corpus, modern_moe_variants  # noqa: E402
-from nanogpt_lib.moe import bias_step, simulate_bias_balancing  # noqa: E402
+from nanogpt_lib.moe import balance_summary, bias_step, simulate_bias_balancing  # noqa: E402
 from nanogpt_lib.plots import plot_balance, plot_expert_bias, plot_expert_share  # noqa: E402
 from nanogpt_lib.tokens import tokens_in_memory  # noqa: E402
 from nanogpt_lib.widgets import modern_moe_explorer, modern_moe_report, skewed_router_scores  # noqa: E402
@@ -120,3 +120,12 @@ def test_the_seed_study_runs_end_to_end(capsys):
     assert all(len(v) == 1 and v[0] > 1 for v in val.values())
     assert "6 steps, 1 seeds, cpu" in out and "imbalance" in out
     assert out.count("dropped 0.0%") == 5  # --dropless: no capacity limit, nothing dropped
+
+
+def test_balance_summary_averages_layers_and_records():
+    records = [{"share": [[0.5, 0.25, 0.25, 0.0], [0.25] * 4], "dropped": [0.2, 0.0]},
+               {"share": [[0.25] * 4, [0.25] * 4], "dropped": [0.1, 0.1]}]
+    imbalance, dropped = balance_summary(records)
+    assert imbalance == pytest.approx((2.0 + 1.0 + 1.0 + 1.0) / 4) and dropped == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="no routing records"):
+        balance_summary([])
