@@ -50,9 +50,12 @@ notebooks: $(VENV)/.installed-dev
 posts: $(VENV)/.installed-dev
 	$(PY) -m blog.posts
 
+# two pytest workers: while one waits (a kernel or torchrun starting, Chromium, Jekyll) the other computes;
+# --dist loadscope keeps each notebook, and each test file, on one worker
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.nbval_tolerance import cell_tolerance
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -33,6 +35,14 @@ def test_ignored_outputs_are_explained_and_library_code_is_not_redefined(path):
         if "# NBVAL_IGNORE_OUTPUT" in lines:
             reason = lines[lines.index("# NBVAL_IGNORE_OUTPUT") + 1]
             assert reason.startswith("# ("), f"say why the output is not compared: {lines[:2]}"
+            # only what no run can reproduce: a wall-clock time, a widget's live view, a progress bar
+            assert any(word in reason for word in ("timing", "wall-clock", "widget", "progress")), (
+                f"an ignored output must be a timing, a widget or a progress bar: {reason}")
+        tolerance = [i for i, line in enumerate(lines) if line.startswith("# NBVAL_TOLERANCE")]
+        for i in tolerance:
+            rel = cell_tolerance(lines[i])
+            assert rel <= 0.2, f"{lines[i]}: a tolerance wider than 20 % would hide a broken run"
+            assert lines[i + 1].startswith("# ("), f"say why the output is compared within a tolerance: {lines[i]}"
         assert not any(line.startswith("class ") for line in lines), "models and configs live in nanogpt_lib"
         source = "".join(lines)
         for writer in ("open(", "savefig", "torch.save", "save_checkpoint", "write_text", "write_bytes", "to_csv"):

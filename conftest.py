@@ -1,0 +1,20 @@
+"""Repository-wide pytest hooks: how a notebook cell's stored output is compared with a fresh run.
+
+What a notebook's stored output may contain (README, "Tests"):
+
+- A result that is the same on every CPU (a shape, a count, a parameter total, a short run on Part 1's
+  paragraph) is compared as printed, after `tests/nbval_sanitize.cfg` removes float noise below the
+  second decimal.
+- The outcome of a training run on a corpus is not: the same seed gives other last bits with other
+  vector kernels (AVX-512, AVX2, ARM), and a hundred steps of training turn them into percent-level
+  differences. A cell that prints such numbers carries the marker ``# NBVAL_TOLERANCE rel=R`` followed by
+  a ``# (reason)`` line: its text must match word for word, every whole number (a count, a step, a
+  parameter total) exactly, and every decimal number within ``R`` of the stored one, relative to it.
+  What the prose concludes from those numbers (a ranking, a bound) is printed as words by the same or a
+  nearby cell and compared exactly, so a broken claim still fails.
+- `# NBVAL_IGNORE_OUTPUT` is for wall-clock timings, widgets and progress bars only.
+"""
+
+from tests.nbval_tolerance import install
+
+install()
