@@ -53,8 +53,8 @@ def remove_stale_temp_files(path: str | Path) -> list[Path]:
     path = Path(path)
     removed = []
     for tmp in path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        parts = tmp.name[len(path.name) + 2 :].split(".")  # [pid, random, "tmp"]: not another target's
+        if len(parts) == 3 and parts[0].isdigit() and not _running(int(parts[0])):
             with suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)

@@ -166,8 +166,10 @@ def test_stale_temp_files_of_a_killed_save_are_removed_by_the_next_one(tmp_path,
     dead, alive = tmp_path / ".m.pt.4194999.abc.tmp", tmp_path / f".m.pt.{os.getppid()}.def.tmp"
     dead.write_bytes(b"x" * 100)
     alive.write_bytes(b"y")  # a save in progress in a live process: not ours to remove
+    other = tmp_path / ".m.pt.7.4194999.ghi.tmp"  # a temp file of another target, m.pt.7
+    other.write_bytes(b"z")
     save_checkpoint(tmp_path / "m.pt", tiny_model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.pt", alive.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.pt", alive.name, other.name])
 
 
 def test_a_failed_write_leaves_no_temp_file_and_saves_are_fsynced(tmp_path, monkeypatch):
