@@ -172,6 +172,8 @@ def check_applicable(args: argparse.Namespace) -> None:
         if moe:
             raise ValueError(f"{', '.join(moe)} shape(s) a Mixture of Experts, but the model is dense (--n-expert 0); "
                              f"add --n-expert N (N > 0) or leave them out")
+    if "overwrite" in given and args.checkpoint is None:
+        raise ValueError("--overwrite lets a run replace its --checkpoint, but no --checkpoint is given")
     if corpus_cli.corpus_mode(args):
         part1 = [_option(name) for name in _PART1_OPTIONS if name in given]
         if part1:

@@ -137,6 +137,9 @@ def test_an_existing_checkpoint_is_replaced_only_by_resume_or_overwrite(data, tm
     assert load_checkpoint(ck).train_state["step"] == 2
     with pytest.raises(ValueError, match="already exists"):
         check_not_replacing("--checkpoint", ck, resume=tmp_path / "other.pt")
+    _fails(["--checkpoint", str(ck), *TINY], r"already exists", capsys)  # Part 1 too, before training
+    _fails(["--overwrite", *TINY], r"--overwrite lets a run replace its --checkpoint, but no --checkpoint", capsys)
+    assert load_checkpoint(ck).train_state["step"] == 2
 
 
 # ------------------------------------------------------ nothing non-finite
