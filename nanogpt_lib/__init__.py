@@ -15,6 +15,9 @@
     plots           the notebooks' matplotlib figures
     widgets         slider callbacks and their ipywidgets wiring
     checkpoint      atomic save / checked load
+    atomic          atomic, fsync'ed file writes; stale temp files of killed writes removed
+    paths           output paths checked before any work (never over an input)
+    cli_errors      the command lines' error boundary: one line, no traceback (--debug shows it)
     train           the command line: python -m nanogpt_lib.train
     prepare         a corpus to token files: python -m nanogpt_lib.prepare (import it as a module)
     tokens          token folders (train.bin, val.bin, meta.json) read as memmaps, random windows

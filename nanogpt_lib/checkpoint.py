@@ -3,13 +3,18 @@
 Corpus runs add a `train_state` (step, corpus settings, token folder fingerprint) so that they can
 resume. A model wrapped in DistributedDataParallel is saved unwrapped: the file loads in one process.
 
-Saved with `torch.save` to a temporary file in the same folder and renamed into place
-(`os.replace` is atomic), so a crash never leaves a half-written checkpoint under the real name.
+Saved with `torch.save` to a temporary file in the same folder, fsync'ed and renamed into place
+(`atomic.py`), so a crash never leaves a half-written checkpoint under the real name. A model or
+optimizer holding a NaN or an infinity is never saved: the last good checkpoint stays.
 Loaded with `weights_only=True`: the file holds only tensors and plain Python values.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import pickle
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +57,14 @@ def save_checkpoint(
     train_state: dict | None = None,
 ) -> Path:
     """Write the checkpoint atomically. `train_state` holds plain values only (ints, floats, strings,
-    lists, dicts)."""
+    lists, dicts). Raises FloatingPointError, and leaves `path` as it was, when a weight or an
+    optimizer value is not finite."""
     path = Path(path)
     model = unwrap(model)
+    bad = _first_non_finite(model.state_dict(), optimizer.state_dict()["state"] if optimizer is not None else {})
+    if bad is not None:
+        raise FloatingPointError(f"the model diverged: {bad} holds NaN or infinite values; not saved, so "
+                                 f"{str(path)!r} keeps its last good checkpoint (if any)")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -68,8 +78,37 @@ def save_checkpoint(
     if train_state is not None:
         payload["train_state"] = train_state
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError:  # torch reports a full disk as "unexpected pos ...": say what it is
+            if shutil.disk_usage(tmp.parent).free < _tensor_bytes(payload):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise
     return path
+
+
+def _first_non_finite(*states: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf in nested state dicts, or None."""
+    for state in states:
+        for name, value in state.items():
+            if isinstance(value, dict):
+                inner = _first_non_finite(value)
+                if inner is not None:
+                    return f"optimizer state {name}/{inner}"
+            elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                return str(name)
+    return None
+
+
+def _tensor_bytes(payload) -> int:
+    """Bytes the tensors of a nested payload take: about the size of its file."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(_tensor_bytes(v) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in payload)
+    return 0
 
 
 def load_checkpoint(
@@ -81,9 +120,13 @@ def load_checkpoint(
     """Read a checkpoint. With `model`, its config must equal the saved one and its weights are
     replaced; otherwise a new `GPT` is built from the saved config. With `optimizer`, its state is
     restored too."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"checkpoint path {path!r} is not allowed: give the path of a checkpoint file")
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+        what = ("is a folder; give the checkpoint file inside it" if path.is_dir()
+                else "is not a regular file" if path.exists() else "does not exist")
+        raise CheckpointError(f"checkpoint {str(path)!r} {what}")
     _check_zip_integrity(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -116,7 +159,7 @@ def load_checkpoint(
         ]
         raise CheckpointError(
             f"checkpoint {str(path)!r} was made for another config ({'; '.join(diffs)}); "
-            f"load it without a model to rebuild the saved one"
+            f"give the saved model options (from Python: load_checkpoint(path) with no model rebuilds it)"
         )
     try:
         model.load_state_dict(payload["model"])
@@ -154,6 +197,11 @@ def _check_zip_integrity(path: Path) -> None:
 
 
 def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    if isinstance(err, pickle.UnpicklingError):  # torch's text advises weights_only=False: never do that here
+        return CheckpointError(
+            f"checkpoint {str(path)!r} holds Python objects other than tensors and plain values; they were "
+            f"not loaded, because loading them could run arbitrary code: use only checkpoints you trust"
+        )
     return CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a nanogpt_lib checkpoint ({_one_line(err)})")
 
 

@@ -12,17 +12,20 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .cli_errors import first_line
 from .corpus_train import CorpusConfig, CorpusRun, train_corpus
+from .costs import check_fits
 from .distributed import init_distributed, shutdown
 from .model import GPT
 from .plots import plot_corpus_history, save_png
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, tokenizer_hash
 from .tokens import open_tokens
 from .training import TrainConfig
 
@@ -74,24 +77,47 @@ def run(args: argparse.Namespace, device: torch.device) -> CorpusRun:
         given = [o for o in _OPTIONS if hasattr(args, _dest(o))]
         raise ValueError(f"{', '.join(given)}: corpus-training option(s), which need --data FOLDER "
                          f"(made by `python -m nanogpt_lib.prepare`)")
-    if args.text_file is not None:
-        raise ValueError("--text-file is Part 1's text; with --data the corpus comes from the token folder")
     config = corpus_config(args)
     train_config = TrainConfig(epochs=config.steps, lr=args.lr, weight_decay=args.weight_decay,
                                betas=(args.beta1, args.beta2), seed=args.seed)
-    ctx = init_distributed(device, getattr(args, "dist_timeout", 300.0))
+    timeout = getattr(args, "dist_timeout", 300.0)
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"--dist-timeout {timeout} is not allowed: it must be a finite number of seconds > 0")
+    ctx = init_distributed(device, timeout)
     completed = False
     try:
         result = _train(args, config, train_config, ctx)
         completed = True
         return result
     except Exception as err:
-        if ctx.is_distributed:  # one clear line per failing rank; torchrun then stops the others
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            print(f"rank {ctx.rank} of {ctx.world_size} failed: {type(err).__name__}: {first}", file=sys.stderr)
-        raise
+        if not ctx.is_distributed:
+            raise
+        # one line per process; torchrun then stops the others. The process whose own work failed says
+        # so; one that lost a peer (it died, or did not answer within --dist-timeout) names the peer instead
+        print(rank_failure_line(err, ctx, timeout), file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        raise SystemExit(1) from None
     finally:
         shutdown(ctx, completed=completed)
+
+
+def rank_failure_line(err: BaseException, ctx, timeout: float) -> str:
+    """The one line a process of a torchrun job prints when it stops on `err`."""
+    if is_peer_failure(err):
+        peer = f"rank {1 - ctx.rank}" if ctx.world_size == 2 else "another rank"
+        return (f"rank {ctx.rank} of {ctx.world_size} stopped: {peer} died or did not answer within "
+                f"--dist-timeout {timeout:g} s ({first_line(err)[:160]})")
+    return f"rank {ctx.rank} of {ctx.world_size} failed: {type(err).__name__}: {first_line(err)}"
+
+
+_PEER_SIGNS = ("connection closed by peer", "connection reset by peer", "timed out", "broken pipe", "gloo")
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether `err` is a collective that broke because another process failed, not this one's own fault."""
+    return isinstance(err, torch.distributed.DistError) or (
+        isinstance(err, RuntimeError) and any(sign in str(err).lower() for sign in _PEER_SIGNS))
 
 
 def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> CorpusRun:
@@ -99,21 +125,18 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
         if ctx.is_main:
             tqdm.write(line)
 
-    from .train import check_writable, describe  # shared with Part 1
+    from .train import describe  # shared with Part 1
     from .train import model_config as config_from_args
 
     data = open_tokens(args.data)
     tokenizer = load_tokenizer(args.tokenizer, verbose=ctx.is_main)
     model_config = config_from_args(args, len(tokenizer))
-    data.check_compatible(tokenizer.name_or_path, model_config.vocab_size)
-    if args.checkpoint is not None:  # on every rank: a failure then stops all of them alike
-        check_writable(args.checkpoint)
+    data.check_compatible(tokenizer.name_or_path, model_config.vocab_size, tokenizer_hash(tokenizer))
     plot = getattr(args, "plot", None)
-    if plot is not None and plot.is_dir():
-        raise ValueError(f"--plot {str(plot)!r} is a folder; give a file name such as {str(plot / 'loss.png')!r}")
+    micro = config.micro_batch_size(ctx.world_size)
+    check_fits(model_config, micro, ctx.device)  # on every rank: a failure then stops all of them alike
     torch.manual_seed(train_config.seed)
     model = GPT(model_config).to(ctx.device)
-    micro = config.micro_batch_size(ctx.world_size)
     say(f"Device {ctx.device} x {ctx.world_size} process(es); {data.meta.tokens['train']:,} train + "
         f"{data.meta.tokens['val']:,} val tokens in {data.folder}; model {describe(model)}; "
         f"global batch {config.batch_size} = {ctx.world_size} x {config.grad_accum} x {micro} windows "

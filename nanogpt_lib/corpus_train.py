@@ -31,7 +31,7 @@ from .evaluation import eval_mode
 from .moe import update_expert_biases
 from .schedule import CosineSchedule, set_lr
 from .tokens import TRAIN_EVAL_STREAM, TRAIN_STREAM, VAL_STREAM, TokenData, shard_batches, window_starts
-from .training import History, TrainConfig, make_optimizer
+from .training import History, TrainConfig, check_finite, make_optimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
 _DROPOUT_STREAM = 3
@@ -180,12 +180,14 @@ def train_corpus(
     optimizer = optimizer if optimizer is not None else make_optimizer(model, train_config)
     history, start = History(), 0
     if resume is not None:
-        history, start = restore(resume, model, optimizer, data, config, ctx, train_config.seed)
+        history, start = restore(resume, model, optimizer, data, config, ctx, train_config)
     ddp = wrap(model, ctx)
     seed = train_config.seed
 
     def evaluation(step: int, lr: float) -> None:
         losses = evaluate_splits(model, data, config, seed, ctx)
+        for name, value in losses.items():  # the weights after the last update: never saved when diverged
+            check_finite(value, f"step {step} ({name} evaluation)", train_config)
         record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
         history.evals.append(record)
         if checkpoint is not None and ctx.is_main:
@@ -210,8 +212,7 @@ def train_corpus(
         began = time.perf_counter()
         loss = mean_over_ranks(accumulated_step(ddp, optimizer, batches, config.grad_clip, history.moe), ctx)
         seconds += time.perf_counter() - began
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step}; try a lower learning rate")
+        check_finite(loss, f"step {step}", train_config)
         history.epoch.append(step)
         history.loss.append(loss)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
@@ -225,11 +226,13 @@ def train_corpus(
 
 # settings that decide which windows each step and each evaluation reads: fixed for a resume
 # (--steps and --warmup-steps may change: they reshape the learning-rate schedule from there on)
-_FIXED_ON_RESUME = ("batch_size", "grad_accum", "eval_batches")
+_FIXED_ON_RESUME = ("batch_size", "grad_accum", "eval_batches", "min_lr", "grad_clip")
+# and the optimiser's settings: another value would break "the same losses as an uninterrupted run"
+_FIXED_TRAIN_ON_RESUME = ("seed", "lr", "weight_decay", "betas")
 
 
 def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,
-            config: CorpusConfig, ctx: DistContext, seed: int) -> tuple[History, int]:
+            config: CorpusConfig, ctx: DistContext, train_config: TrainConfig) -> tuple[History, int]:
     """Load a corpus checkpoint into model and optimizer; returns its history and step."""
     ck = load_checkpoint(path, model=model, optimizer=optimizer, map_location=ctx.device)
     state = ck.train_state
@@ -250,8 +253,10 @@ def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     saved = state.get("corpus_config") or {}
     now = config.to_dict()
     changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in _FIXED_ON_RESUME if k in saved and saved[k] != now[k]]
-    if ck.train_config is not None and ck.train_config.seed != seed:
-        changed.append(f"seed: {ck.train_config.seed!r} -> {seed!r}")
+    if ck.train_config is not None:
+        saved_train, now_train = ck.train_config.to_dict(), train_config.to_dict()
+        changed += [f"{k}: {saved_train[k]!r} -> {now_train[k]!r}" for k in _FIXED_TRAIN_ON_RESUME
+                    if saved_train[k] != now_train[k]]
     if changed:
         raise CheckpointError(
             f"checkpoint {str(path)!r} was trained with other settings ({'; '.join(changed)}); resume with the "

@@ -7,11 +7,16 @@ no arithmetic), so they can never drift from `model.py`. Memory is the fp32 trai
     gradients      4 bytes x N
     AdamW state    8 bytes x N   (two moving averages per parameter: m and v)
 
-Activations are left out: they depend on the batch size and are freed after each step.
+Activations are left out of `ModelCost`: they depend on the batch size and are freed after each
+step. `check_fits` adds a lower estimate of them (16 floats per token per block, 2 per token per
+vocabulary entry for the logits and their gradient) and refuses, before anything is allocated, a
+run that cannot fit in the memory the device has free: `--n-layer 100000000` is then one line,
+not an hour of silence.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import GPTConfig
-from .model import GPT
+from .model import GPT, Block
 
 FP32_BYTES = 4
 
@@ -63,6 +68,58 @@ def model_cost(config: GPTConfig) -> ModelCost:
         train_flops_per_token=model.flops_per_token(training=True),
         forward_flops_per_token=model.flops_per_token(training=False),
     )
+
+
+def estimate_params(config: GPTConfig) -> int:
+    """`model_cost(config).params` in constant time: one dense and one MoE block are built on the meta
+    device and multiplied by their counts, so even a 100-million-layer config answers at once."""
+    moe_blocks = config.n_layer // config.moe_every if config.n_expert > 0 else 0
+    with torch.device("meta"):
+        dense = sum(p.numel() for p in Block(config, config.moe_every if moe_blocks else 0).parameters()
+                    ) if moe_blocks < config.n_layer else 0
+        moe = sum(p.numel() for p in Block(config, config.moe_every - 1).parameters()) if moe_blocks else 0
+        final = sum(p.numel() for p in torch.nn.LayerNorm(config.n_embd, bias=config.bias).parameters())
+    embeddings = (config.vocab_size + config.block_size) * config.n_embd  # wte (tied with lm_head) and wpe
+    return embeddings + (config.n_layer - moe_blocks) * dense + moe_blocks * moe + final
+
+
+def training_bytes_estimate(config: GPTConfig, rows: int, seq_len: int | None = None) -> int:
+    """A lower estimate of one training step's memory: fp32 weights, gradients and AdamW state, plus the
+    activations of `rows` sequences of `seq_len` tokens (block_size by default)."""
+    tokens = rows * (config.block_size if seq_len is None else seq_len)
+    activations = FP32_BYTES * tokens * (16 * config.n_embd * config.n_layer + 2 * config.vocab_size)
+    return 4 * FP32_BYTES * estimate_params(config) + activations
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new run on `device` (None when it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(config: GPTConfig, rows: int, device: torch.device, seq_len: int | None = None,
+               available: int | None = None) -> None:
+    """Raise ValueError, before anything is allocated, when a training step cannot fit on `device`."""
+    available = available_bytes(device) if available is None else available
+    needed = training_bytes_estimate(config, rows, seq_len)
+    if available is not None and needed > available:
+        raise ValueError(
+            f"this run needs at least {format_bytes(needed)} ({format_count(estimate_params(config))} parameters "
+            f"x 16 bytes for weights, gradients and AdamW, plus activations of {rows} x "
+            f"{config.block_size if seq_len is None else seq_len} tokens) but {device} has "
+            f"{format_bytes(available)} free; use a smaller model (--n-layer, --n-embd, --block-size) or --batch-size"
+        )
 
 
 _GROUPS = (

@@ -21,7 +21,9 @@ def read_text(path: str | Path) -> str:
     """The contents of a UTF-8 text file, with clear errors for a missing, empty or non-UTF-8 file."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        what = ("is a folder, not a file" if path.is_dir() else
+                "is not a regular file (a pipe or device); save the text to a file" if path.exists() else
+                "does not exist")
         raise FileNotFoundError(f"text file {str(path)!r} {what}")
     raw = path.read_bytes()
     try:
@@ -78,6 +80,15 @@ def encode(tokenizer, text: str, block_size: int | None = None) -> torch.Tensor:
     With `block_size`, a text longer than the model's context is an error (Part 1 trains on the
     whole text as one sequence) rather than a silent crop.
     """
+    if block_size is not None and len(text) > block_size:  # cheap bound first: a huge text is not tokenized
+        longest = max(len(token) for token in tokenizer.get_vocab())  # characters one token can cover, at most
+        at_least = -(-len(text) // longest)
+        if at_least > block_size:
+            raise ValueError(
+                f"the text has {len(text):,} characters, so at least {at_least:,} tokens, but block_size is "
+                f"{block_size}; Part 1 memorises one window: use a shorter text, or prepare a corpus "
+                f"(`python -m nanogpt_lib.prepare`) and train on it with --data"
+            )
     # verbose=False: a corpus is longer than the tokenizer's model_max_length, and that is fine here
     ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"].long()  # (1, T)
     if block_size is not None and ids.shape[1] > block_size:

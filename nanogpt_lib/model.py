@@ -9,6 +9,7 @@ Shapes use B = batch, T = sequence length, C = n_embd, H = n_head, D = C // H, V
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -235,19 +236,25 @@ class GPT(nn.Module):
         `model.eval()` first for deterministic greedy output. `use_cache` keeps the keys and values
         of past tokens (see `kv_cache.py`): the same tokens, less work; False recomputes everything.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        max_new_tokens = int(max_new_tokens)
+        device = self.lm_head.weight.device
+        if isinstance(idx, torch.Tensor) and idx.device != device:
+            raise ValueError(f"idx is on {idx.device} but the model is on {device}; move it there first "
+                             f"(idx.to({str(device)!r}))")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
             0 < temperature < math.inf
         ):
             raise ValueError(
                 f"temperature={temperature!r} is not allowed: it must be a finite number > 0 "
                 f"(use top_k=1 for greedy decoding)"
             )
+        temperature = float(temperature)
         if top_k is not None:
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
                 raise ValueError(f"top_k={top_k!r} is not allowed: it must be None or an integer >= 1")
-            top_k = min(top_k, self.config.vocab_size)
+            top_k = min(int(top_k), self.config.vocab_size)
         idx = self._checked_idx(idx)  # once: generated ids are in range by construction
         cache = None
         if use_cache:

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .cli_errors import run_cli
 from .data import corpus_files
-from .tokenizer import HUB_TOKENIZER, load_tokenizer
+from .paths import check_outputs
+from .tokenizer import HUB_TOKENIZER, load_tokenizer, tokenizer_hash
 from .tokens import TokenFileError, TokenMeta, bin_path, meta_path, open_tokens, token_dtype, write_meta
 
 PIECE_CHARS = 1 << 20  # text handed to the tokenizer at once
@@ -124,9 +127,7 @@ def _stamp(path: Path) -> list:
 def _tokenizer_identity(tokenizer) -> list:
     """Name, size, and a hash of the tokenizer's own definition (a retrained tokenizer of the same
     name and size must not reuse old tokens)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest = hashlib.sha256(backend.to_str().encode()).hexdigest()[:16] if backend is not None else None
-    return [tokenizer.name_or_path, len(tokenizer), digest]
+    return [tokenizer.name_or_path, len(tokenizer), tokenizer_hash(tokenizer)]
 
 
 def files_source(paths: list[str | Path]) -> TextFiles:
@@ -144,7 +145,14 @@ def files_source(paths: list[str | Path]) -> TextFiles:
         elif path.is_file():
             files.append(path)
         else:
-            raise PrepareError(f"text source {str(path)!r} does not exist (give UTF-8 files or folders of .txt files)")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise PrepareError(f"text source {str(path)!r} {what} (give UTF-8 files or folders of .txt files)")
+    seen: dict[Path, Path] = {}
+    for f in files:  # a file given twice would be tokenized twice: validation would copy training text
+        first = seen.setdefault(f.resolve(), f)
+        if first is not f:
+            raise PrepareError(f"text file {str(f)!r} is given twice (also as {str(first)!r}, directly or "
+                               f"inside a folder); give each file once")
     return TextFiles(tuple(files), ", ".join(str(p) for p in paths))
 
 
@@ -222,6 +230,10 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {str(out)!r} is a file; give a folder for train.bin, val.bin and meta.json")
+    inputs = {f"text file {i + 1}": p for i, p in enumerate(source.files)} if isinstance(source, TextFiles) else {
+        "--dataset": source.name if Path(source.name).exists() else None,
+        **{f"--data-files {i + 1}": p for i, p in enumerate(source.data_files)}}
+    check_outputs({"--out": out}, inputs, folders=("--out",))
     name, vocab_size = tokenizer.name_or_path, len(tokenizer)
     dtype = token_dtype(vocab_size)
     split = {"method": "tail", "val_fraction": float(val_fraction)}
@@ -236,19 +248,27 @@ def prepare(
             data = None  # damaged or foreign: write it again
         if data is not None and data.meta.fingerprint == fingerprint:
             return PrepareResult(out, data.meta, reused=True, seconds=time.perf_counter() - started)
-    with atomic_path(bin_path(out, "train")) as train_tmp, atomic_path(bin_path(out, "val")) as val_tmp:
-        text_bytes, documents, total = _tokenize_to_file(source, tokenizer, dtype, train_tmp, progress)
-        n_val = int(round(total * val_fraction))
-        if n_val < 2 or total - n_val < 2:
-            raise PrepareError(f"{source.describe()} gives {total} tokens, too few to split with "
-                               f"val_fraction={val_fraction}: each side needs at least 2 tokens")
-        _move_tail(train_tmp, val_tmp, dtype, total - n_val)
-        # the new tokens are complete: only now may the old folder stop reading as prepared (a failure
-        # above leaves it intact); until the new meta.json is written, it reads as unprepared
-        meta_path(out).unlink(missing_ok=True)
+    created = not out.exists()
+    try:
+        with atomic_path(bin_path(out, "train")) as train_tmp, atomic_path(bin_path(out, "val")) as val_tmp:
+            text_bytes, documents, total = _tokenize_to_file(source, tokenizer, dtype, train_tmp, progress)
+            n_val = int(round(total * val_fraction))
+            if n_val < 2 or total - n_val < 2:
+                raise PrepareError(f"{source.describe()} gives {total} tokens, too few to split with "
+                                   f"val_fraction={val_fraction}: each side needs at least 2 tokens")
+            _move_tail(train_tmp, val_tmp, dtype, total - n_val)
+            # the new tokens are complete: only now may the old folder stop reading as prepared (a failure
+            # above leaves it intact); until the new meta.json is written, it reads as unprepared
+            meta_path(out).unlink(missing_ok=True)
+    except BaseException:
+        if created:  # leave no empty folder behind (the temp files are gone already)
+            with suppress(OSError):
+                out.rmdir()
+        raise
     meta = TokenMeta(
         tokenizer_name=name, vocab_size=vocab_size, dtype=dtype.name, tokens={"train": total - n_val, "val": n_val},
         split=split, source=source.describe(), text_bytes=text_bytes, documents=documents, fingerprint=fingerprint,
+        tokenizer_hash=tokenizer_hash(tokenizer),
     )
     write_meta(out, meta)
     return PrepareResult(out, meta, reused=False, seconds=time.perf_counter() - started)
@@ -328,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of tokens (the last ones) kept for validation")
     p.add_argument("--force", action="store_true", help="tokenize again even when the folder holds these inputs")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of one line")
     ds = p.add_argument_group("Hugging Face dataset (instead of paths; needs `pip install 'nanogpt-lib[corpora]'`)")
     ds.add_argument("--dataset", default=None,
                     help="Hub name, a builder such as 'json', 'text' or 'parquet' with --data-files, "
@@ -343,20 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> PrepareResult:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.dataset is not None and args.paths:
-            raise PrepareError("give text paths or --dataset, not both")
-        if args.max_documents is not None and args.max_documents < 1:
-            raise PrepareError(f"--max-documents {args.max_documents} is not allowed: it must be >= 1")
-        if args.dataset is None:
-            source = files_source(args.paths)
-        else:
-            source = HFDataset(args.dataset, args.text_column, args.dataset_config, args.dataset_split,
-                               tuple(args.data_files), args.max_documents)
-        tokenizer = load_tokenizer(args.tokenizer)
-        result = prepare(source, args.out, tokenizer, args.val_fraction, args.force, args.progress)
-    except (ValueError, OSError) as err:  # bad sources, files, folders: one line, no traceback
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    result = run_cli(parser.prog, lambda: _prepare_from(args), debug=args.debug)
     meta = result.meta
     if result.reused:
         print(f"{result.folder} already holds these inputs' tokens ({meta.tokens['train']:,} train + "
@@ -366,6 +374,21 @@ def main(argv: list[str] | None = None) -> PrepareResult:
               f"{result.seconds:.2f} s ({result.mb_per_s:.2f} MB/s) -> {meta.tokens['train']:,} train + "
               f"{meta.tokens['val']:,} val {meta.dtype} tokens in {result.folder}")
     return result
+
+
+def _prepare_from(args: argparse.Namespace) -> PrepareResult:
+    """The source the options name, tokenized into --out."""
+    if args.dataset is not None and args.paths:
+        raise PrepareError("give text paths or --dataset, not both")
+    if args.max_documents is not None and args.max_documents < 1:
+        raise PrepareError(f"--max-documents {args.max_documents} is not allowed: it must be >= 1")
+    if args.dataset is None:
+        source = files_source(args.paths)
+    else:
+        source = HFDataset(args.dataset, args.text_column, args.dataset_config, args.dataset_split,
+                           tuple(args.data_files), args.max_documents)
+    tokenizer = load_tokenizer(args.tokenizer)
+    return prepare(source, args.out, tokenizer, args.val_fraction, args.force, args.progress)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ TCP connect before asking it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -74,7 +75,13 @@ def load_tokenizer(
         tokenizer = _bundled(AutoTokenizer)
         _say(verbose, f"Tokenizer: {_BUNDLED_LABEL} (vocabulary {len(tokenizer):,} tokens), as requested")
         return _checked_size(tokenizer, expected_vocab_size)
-    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"tokenizer name {name!r} is not allowed: give a Hugging Face id or a local folder")
+    local = Path(name).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"tokenizer {name!r} is a file; give the folder that holds it "
+                         f"({str(local.parent)!r} for a tokenizer.json)")
+    if name.startswith(("/", ".", "~")) and not local.is_dir():
         raise FileNotFoundError(f"tokenizer folder {name!r} does not exist")
     source, reason = _resolve(name, probe_timeout, AutoTokenizer)
     if source is not None:
@@ -119,12 +126,13 @@ def _checked_size(tokenizer, expected: int | None):
 def _resolve(name: str, probe_timeout: float, auto_tokenizer):
     """((tokenizer, where-it-came-from), None) or (None, reason it could not be loaded)."""
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    if folder.is_dir():  # the user named this folder: a broken one is an error, never a silent fallback
         try:
             tokenizer = auto_tokenizer.from_pretrained(str(folder.resolve()))
-            return (tokenizer, "local folder"), None
-        except (OSError, ValueError) as err:
-            return None, f"the folder {name!r} holds no usable tokenizer ({_short(err)})"
+        except Exception as err:  # the Rust parser raises its own exception types for a bad tokenizer.json
+            raise ValueError(f"tokenizer folder {name!r} holds no usable tokenizer ({_short(err)}); "
+                             f"fix it or give another --tokenizer") from None
+        return (tokenizer, "local folder"), None
     try:  # the Hugging Face cache of a reader who was online once: no network needed
         return (auto_tokenizer.from_pretrained(name, local_files_only=True), "local Hugging Face cache"), None
     except (OSError, ValueError):
@@ -136,6 +144,13 @@ def _resolve(name: str, probe_timeout: float, auto_tokenizer):
         return (auto_tokenizer.from_pretrained(name), "downloaded from the Hugging Face Hub"), None
     except (OSError, ValueError) as err:
         return None, f"the Hub did not provide it ({_short(err)})"
+
+
+def tokenizer_hash(tokenizer) -> str | None:
+    """A hash of the tokenizer's own definition (vocabulary, merges, normaliser): a tokenizer retrained
+    or edited in place under the same name and size gets another hash. None for a slow tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16] if backend is not None else None
 
 
 def _short(err: Exception) -> str:

@@ -54,6 +54,7 @@ class TokenMeta:
     fingerprint: str  # hash of the inputs: same inputs, same fingerprint (prepare reuses the files)
     format: str = FORMAT
     version: int = VERSION
+    tokenizer_hash: str | None = None  # tokenizer.tokenizer_hash of the tokenizer used (None: older folders)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +63,10 @@ class TokenMeta:
     def from_dict(cls, d: dict) -> TokenMeta:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_META_TYPES = {"tokenizer_name": (str,), "vocab_size": (int,), "dtype": (str,), "tokens": (dict,),
+               "fingerprint": (str,), "tokenizer_hash": (str, type(None))}
 
 
 def meta_path(folder: str | Path) -> Path:
@@ -81,9 +86,8 @@ def write_meta(folder: str | Path, meta: TokenMeta) -> Path:
 def read_meta(folder: str | Path) -> TokenMeta:
     folder = Path(folder)
     if not folder.is_dir():
-        raise TokenFileError(
-            f"token folder {str(folder)!r} does not exist; make it with `python -m nanogpt_lib.prepare`"
-        )
+        what = "is a file, not a token folder" if folder.exists() else "does not exist"
+        raise TokenFileError(f"token folder {str(folder)!r} {what}; make one with `python -m nanogpt_lib.prepare`")
     path = meta_path(folder)
     if not path.is_file():
         raise TokenFileError(
@@ -92,9 +96,17 @@ def read_meta(folder: str | Path) -> TokenMeta:
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise TypeError(f"it holds a JSON {type(raw).__name__}, not an object")
         meta = TokenMeta.from_dict(raw)
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
         raise TokenFileError(f"{str(path)!r} is not a valid token-folder description ({err})") from None
+    for name, kinds in _META_TYPES.items():
+        value = getattr(meta, name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            allowed = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise TokenFileError(f"{str(path)!r} has {name}={value!r} ({type(value).__name__}); it must be "
+                                 f"{allowed}: the file was edited or damaged, prepare the folder again")
     if meta.format != FORMAT or meta.version != VERSION:
         raise TokenFileError(
             f"{str(path)!r} has format {meta.format!r} version {meta.version!r}; "
@@ -115,8 +127,9 @@ class TokenData:
     def split(self, name: str) -> np.memmap:
         return {"train": self.train, "val": self.val}[name]
 
-    def check_compatible(self, tokenizer_name: str, vocab_size: int) -> None:
-        """Refuse a folder tokenized for another tokenizer or vocabulary, naming both values."""
+    def check_compatible(self, tokenizer_name: str, vocab_size: int, tokenizer_hash: str | None = None) -> None:
+        """Refuse a folder tokenized for another tokenizer or vocabulary, naming both values. With
+        `tokenizer_hash`, a tokenizer changed in place (same name and size) is refused too."""
         meta, where = self.meta, str(self.folder)
         if meta.tokenizer_name != tokenizer_name:
             raise TokenFileError(
@@ -127,6 +140,11 @@ class TokenData:
             raise TokenFileError(
                 f"token folder {where!r} has vocab_size {meta.vocab_size} but the model has vocab_size "
                 f"{vocab_size}; they must be equal"
+            )
+        if None not in (tokenizer_hash, meta.tokenizer_hash) and tokenizer_hash != meta.tokenizer_hash:
+            raise TokenFileError(
+                f"token folder {where!r} was made with a tokenizer of hash {meta.tokenizer_hash}, but "
+                f"{tokenizer_name!r} now has hash {tokenizer_hash}: it was changed since; prepare the folder again"
             )
         expected = token_dtype(vocab_size).name
         if meta.dtype != expected:

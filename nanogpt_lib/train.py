@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -24,11 +23,14 @@ from tqdm.auto import tqdm
 from . import corpus_cli
 from .checkpoint import save_checkpoint
 from .checkup import checkup_callback
+from .cli_errors import run_cli
 from .config import DISPATCHES, EXPERT_TYPES, ROUTER_TYPES, GPTConfig, part1_config
+from .costs import check_fits
 from .data import bundled_paragraph, encode, read_text, shift_targets
 from .evaluation import continue_text, evaluate
 from .model import GPT
 from .moe import imbalance
+from .paths import check_not_replacing, check_outputs, same_file
 from .tokenizer import HUB_TOKENIZER, load_tokenizer
 from .training import History, TrainConfig, fit, make_optimizer
 
@@ -102,9 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--checkpoint", type=Path, default=None, help="save model, optimizer and history here at the end")
+    run.add_argument("--overwrite", action="store_true",
+                     help="let a new run replace an existing --checkpoint (without it, such a run is refused)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    run.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of one line")
     corpus_cli.add_arguments(p)
     return p
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The options, plus `args.given`: the destinations the user typed (an option given with its
+    default value counts), so that options that do not apply to the chosen mode can be refused."""
+    parser = parser if parser is not None else build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    shadow = build_parser()
+    for action in shadow._actions:  # every default "not given": what is left was typed
+        action.default = argparse.SUPPRESS
+    args.given = frozenset(vars(shadow.parse_args(argv)))
+    return args
 
 
 def _factor(text: str) -> float | None:
@@ -133,6 +151,52 @@ _MODEL_OPTIONS = tuple(f.name for f in dataclasses.fields(GPTConfig) if f.name !
 def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
     """The GPTConfig the command-line options describe (the vocabulary comes from the tokenizer)."""
     return GPTConfig(vocab_size=vocab_size, **{name: getattr(args, name) for name in _MODEL_OPTIONS})
+
+
+# options that shape the Mixture of Experts only: refused on a dense model instead of silently ignored
+_MOE_OPTIONS = tuple(name for name in _MODEL_OPTIONS if name not in
+                     ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "n_expert"))
+# Part 1's own options: refused in corpus mode
+_PART1_OPTIONS = ("epochs", "text_file", "cont_prefix_tokens", "cont_new_tokens", "cont_temperature", "cont_top_k")
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_applicable(args: argparse.Namespace) -> None:
+    """Refuse options that the chosen mode would ignore (the defaults never count, only typed options)."""
+    given = getattr(args, "given", frozenset())
+    if args.n_expert == 0:
+        moe = [_option(name) for name in _MOE_OPTIONS if name in given]
+        if moe:
+            raise ValueError(f"{', '.join(moe)} shape(s) a Mixture of Experts, but the model is dense (--n-expert 0); "
+                             f"add --n-expert N (N > 0) or leave them out")
+    if "overwrite" in given and args.checkpoint is None:
+        raise ValueError("--overwrite lets a run replace its --checkpoint, but no --checkpoint is given")
+    if corpus_cli.corpus_mode(args):
+        part1 = [_option(name) for name in _PART1_OPTIONS if name in given]
+        if part1:
+            raise ValueError(f"{', '.join(part1)}: Part 1 option(s), which do not apply with --data (the corpus "
+                             f"comes from the token folder, the length from --steps); leave them out")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Before any work: outputs writable and apart from every input; an existing checkpoint kept
+    unless this run resumes it or --overwrite says so. Then the outputs' folders are made."""
+    resume = getattr(args, "resume", None)
+    checkpoint, plot = args.checkpoint, getattr(args, "plot", None)
+    tokenizer = Path(args.tokenizer).expanduser() if isinstance(args.tokenizer, str) else None
+    inputs = {"--text-file": args.text_file, "--data": args.data,
+              "--tokenizer": tokenizer if tokenizer is not None and tokenizer.is_dir() else None}
+    if resume is None or checkpoint is None or not same_file(resume, checkpoint):
+        inputs["--resume"] = resume  # --checkpoint X --resume X continues the same file: allowed
+    outputs = {"--checkpoint": checkpoint, "--plot": plot}
+    check_outputs(outputs, inputs)
+    check_not_replacing("--checkpoint", checkpoint, resume=resume, overwrite=args.overwrite)
+    for path in outputs.values():
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
 
 _PART3_CHOICES = ("expert_type", "n_shared_expert", "router_type", "bias_update_rate")
@@ -165,21 +229,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_writable(path: Path) -> None:
-    """Fail before training, not after it, when the checkpoint cannot be written."""
-    if path.is_dir():
-        raise ValueError(f"--checkpoint {str(path)!r} is a folder; give a file name such as {str(path / 'run.pt')!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"--checkpoint {str(path)!r}: the folder {str(path.parent)!r} is not writable")
-
-
 def run(args: argparse.Namespace) -> History:
+    check_applicable(args)
+    check_paths(args)
     device = resolve_device(args.device)
     if corpus_cli.corpus_mode(args):
         return corpus_cli.run(args, device).history
-    if args.checkpoint is not None:
-        check_writable(args.checkpoint)
     train_config = TrainConfig(
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
         cont_prefix_tokens=args.cont_prefix_tokens, cont_new_tokens=args.cont_new_tokens,
@@ -188,8 +243,12 @@ def run(args: argparse.Namespace) -> History:
     tokenizer = load_tokenizer(args.tokenizer)
     text = read_text(args.text_file) if args.text_file is not None else bundled_paragraph()
     config = model_config(args, len(tokenizer))
+    check_fits(config, 1, device, seq_len=1)  # before tokenizing: weights alone may not fit
     ids = encode(tokenizer, text, config.block_size).to(device)  # (1, T)
     targets = shift_targets(ids)  # (1, T), last position -1
+    if train_config.cont_prefix_tokens > ids.shape[1]:
+        raise ValueError(f"--cont-prefix-tokens {train_config.cont_prefix_tokens} is not allowed: the text has "
+                         f"{ids.shape[1]} tokens; give at most {ids.shape[1]}")
     torch.manual_seed(train_config.seed)
     model = GPT(config).to(device)
     print(f"Device {device}; text of {ids.shape[1]} tokens; model {describe(model)}")
@@ -227,11 +286,8 @@ def routing_summary(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, OSError) as err:  # bad options, files, folders: one line, no traceback
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    args = parse_args(argv, parser)
+    run_cli(parser.prog, lambda: run(args), debug=args.debug)  # expected failures: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from .evaluation import perplexity
 from .moe import update_expert_biases
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class TrainConfig:
         valid = isinstance(betas, (tuple, list)) and len(betas) == 2
         if not valid or not all(_is_number(b) and 0 <= b < 1 for b in betas):
             raise ValueError(f"TrainConfig.betas={betas!r} is not allowed: it must be two numbers in [0, 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"TrainConfig.seed={self.seed!r} is not allowed: it must be an integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"TrainConfig.seed={self.seed!r} is not allowed: it must be an integer in "
+                             f"[{SEED_MIN}, {SEED_MAX}] (what torch.manual_seed accepts)")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
 
     def to_dict(self) -> dict:
@@ -83,6 +85,15 @@ def quarter_points(total: int) -> dict[int, int]:
 def is_quarter(epoch: int, total: int) -> bool:
     """True when the 1-based `epoch` is one of the 25 % evaluation points of `total` epochs."""
     return epoch in quarter_points(total)
+
+
+def check_finite(loss: float, where: str, config: TrainConfig) -> None:
+    """Raise FloatingPointError, naming the settings that can cause it, when a loss is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"training diverged: the loss became {loss} at {where} (lr {config.lr:g}, weight decay "
+            f"{config.weight_decay:g}); lower --lr or --weight-decay (a saved checkpoint keeps its last good state)"
+        )
 
 
 # -------------------------------------------------------------------- steps
@@ -179,8 +190,7 @@ def fit(
     bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
         loss = train_step(model, optimizer, get_batch(epoch), history.moe)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at epoch {epoch}; try a lower learning rate")
+        check_finite(loss, f"epoch {epoch}", config)
         history.epoch.append(epoch)
         history.loss.append(loss)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

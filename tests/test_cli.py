@@ -64,7 +64,8 @@ def test_a_user_text_file_and_sizes(tmp_path, capsys):
     (["--n-head", "3"], r"n_embd=128 is not divisible by n_head=3"),
     (["--dropout", "1.5"], r"dropout=1.5 is not allowed"),
     (["--epochs", "0"], r"epochs=0 is not allowed"),
-    (["--block-size", "20"], r"the text has \d+ tokens but block_size is 20"),
+    (["--block-size", "20"], r"the text has [\d,]+ (tokens|characters, so at least [\d,]+ tokens),? but "
+                             r"block_size is 20"),
     (["--text-file", "/no/such/file.txt"], r"'/no/such/file.txt' does not exist"),
     (["--device", "tpu"], r"--device 'tpu'"),
     (["--checkpoint", "/"], r"--checkpoint '/' is a folder"),

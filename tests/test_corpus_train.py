@@ -171,7 +171,8 @@ def foreign_folder(data, tmp_path):
     (["--data", "FOREIGN"], r"made with tokenizer 'someone/else', but this run uses 'nanogpt_lib/tokenizer_pt'"),
     (["--data", "DATA", "--batch-size", "6", "--grad-accum", "4"], r"batch_size=6 does not split evenly"),
     (["--data", "DATA", "--block-size", "5000"], r"too few for windows of block_size=5000"),
-    (["--data", "DATA", "--text-file", "x.txt"], r"--text-file is Part 1's text"),
+    (["--data", "DATA", "--text-file", "x.txt"], r"--text-file: Part 1 option\(s\), which do not apply with --data"),
+    (["--data", "DATA", "--epochs", "3"], r"--epochs: Part 1 option\(s\), which do not apply with --data"),
     (["--data", "DATA", "--plot", "/"], r"--plot '/' is a folder"),
     (["--data", "DATA", "--resume", "/no/such.pt"], r"checkpoint '/no/such.pt' does not exist"),
 ])

@@ -76,6 +76,18 @@ def test_a_failing_rank_fails_the_whole_run_quickly(tokens):
     assert result.returncode != 0 and elapsed < 60
     assert "rank 1 of 2 failed: RuntimeError: injected failure on rank 1" in result.stderr
     assert "step     50/50" not in result.stdout
+    # the healthy rank, when it lives long enough to say anything, names the failed one, not itself
+    assert "rank 0 of 2 failed" not in result.stderr and "corpus_train.py" not in result.stderr
+    if "rank 0 of 2" in result.stderr:
+        assert "rank 0 of 2 stopped: rank 1 died or did not answer" in result.stderr
+
+
+def test_a_frozen_rank_is_named_by_the_one_that_waited_for_it(tokens):
+    result = torchrun([str(HERE / "ddp_worker.py")], ["--data", str(tokens), "--steps", "50", "--dist-timeout", "5",
+                                                      *MODEL], timeout=90, FAIL_RANK="1", FAIL_STEP="3", FREEZE="1")
+    assert result.returncode != 0
+    assert "rank 0 of 2 stopped: rank 1 died or did not answer within --dist-timeout 5 s" in result.stderr
+    assert "rank 0 of 2 failed" not in result.stderr and "corpus_train.py" not in result.stderr
 
 
 def test_an_moe_model_trains_under_ddp(tokens, tmp_path):

@@ -85,9 +85,27 @@ def test_missing_fallback_is_a_clear_error(tmp_path):
         load_tokenizer("someone/not-cached", fallback_dir=tmp_path, verbose=False)
 
 
-def test_a_folder_without_a_tokenizer_falls_back_and_says_why(tmp_path, capsys):
-    load_tokenizer(str(tmp_path))
-    assert "holds no usable tokenizer" in capsys.readouterr().out
+def test_a_named_folder_without_a_usable_tokenizer_is_an_error_not_a_fallback(tmp_path):
+    """Issue 15: an empty or broken folder the user named used to fall back to the bundled tokenizer."""
+    with pytest.raises(ValueError, match=r"holds no usable tokenizer"):
+        load_tokenizer(str(tmp_path), verbose=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"'.*broken' holds no usable tokenizer"):
+        load_tokenizer(str(broken), verbose=False)
+
+
+@pytest.mark.parametrize("name, message", [
+    (None, r"tokenizer name None is not allowed"),
+    ("FILE", r"is a file; give the folder that holds it"),
+])
+def test_a_tokenizer_name_that_is_not_a_folder_or_id_is_named(name, message, tmp_path):
+    if name == "FILE":
+        name = str(tmp_path / "tokenizer.json")
+        shutil.copy(BUNDLED_TOKENIZER_DIR / "tokenizer.json", name)
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(name, verbose=False)
 
 
 def test_the_hugging_face_cache_is_used_offline(tmp_path):
