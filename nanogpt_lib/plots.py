@@ -112,14 +112,26 @@ def plot_capacity(results: Sequence) -> Figure:
     return fig
 
 
-def plot_positions(reports: Mapping[str, PositionReport]) -> Figure:
-    """p(true next token) at each position, one line per labelled model (e.g. per 25 % point)."""
-    fig, ax = plt.subplots(figsize=(10, 3.2))
+def plot_positions(reports: Mapping[str, PositionReport], vocab_size: int | None = None,
+                   log_scale: bool = True) -> Figure:
+    """p(true next token) at each position, one line per labelled model (e.g. per 25 % point).
+
+    On a log scale by default: an untrained model's p is about 1/V everywhere and an early snapshot's
+    a few hundredths, which a linear axis draws flat on zero. With `vocab_size`, 1/V is drawn too."""
+    fig, ax = plt.subplots(figsize=(10, 3.4))
     for label, rep in reports.items():
         acc = sum(rep.correct) / max(len(rep.correct), 1)
         ax.plot(range(len(rep.target_prob)), rep.target_prob, lw=1, marker=".",
                 label=f"{label} (argmax right at {acc:.0%} of positions)")
-    ax.set(xlabel="position t (predicting token t+1)", ylabel="p(true next token)", ylim=(-0.02, 1.02),
+    if vocab_size is not None:
+        ax.axhline(1 / vocab_size, color="grey", ls=":", label=f"1/V = 1/{vocab_size:,} (uniform guess)")
+    if log_scale:
+        ax.set_yscale("log")
+        ax.set_ylim(top=1.5)
+    else:
+        ax.set_ylim(-0.02, 1.02)
+    ax.set(xlabel="position t (predicting token t+1)",
+           ylabel="p(true next token)" + (" (log scale)" if log_scale else ""),
            title="How sure the model is of each next token of the paragraph")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="snapshot")
@@ -163,7 +175,8 @@ def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) ->
     k = routing.experts.shape[1]
     fig, (ax_grid, ax_load) = plt.subplots(1, 2, figsize=(10, max(3.0, 0.32 * N + 1)),
                                            gridspec_kw={"width_ratios": [1.2, 1]})
-    ax_grid.imshow(routing.probs.detach().cpu().numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    image = ax_grid.imshow(routing.probs.detach().cpu().numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax_grid, label="router probability p", fraction=0.05, pad=0.02)
     for t in range(N):
         for j in range(k):
             e, kept = int(routing.experts[t, j]), bool(routing.kept[t, j])
@@ -172,7 +185,7 @@ def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) ->
                          color="black" if kept else "red")
     ax_grid.set_xticks(range(E), [f"e{e}" for e in range(E)])
     ax_grid.set_yticks(range(N), token_labels if token_labels is not None else [f"t{t}" for t in range(N)])
-    ax_grid.set(xlabel="expert", title=f"Router probabilities; 1, 2: choice rank, ✗: dropped (top-{k})")
+    ax_grid.set(xlabel="expert", ylabel="token", title=f"Router probabilities; 1, 2: choice rank, ✗: dropped (top-{k})")
     kept_counts = [int((routing.kept & (routing.experts == e)).sum()) for e in range(E)]
     wanted = [int((routing.experts == e).sum()) for e in range(E)]
     ax_load.bar(range(E), kept_counts, color="tab:blue", label="kept")
