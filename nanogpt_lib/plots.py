@@ -471,12 +471,15 @@ def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts
     _box(ax, 5.3, 5.0, 2.0, 1.3, f"top-{k} of {E}\nexperts ({N}, {k})\nweights w ({N}, {k})\n{weight_rule}",
          "router", 7.3)
     _arrow(ax, (4.1, 5.0), (4.3, 5.0))
-    factor = "no limit" if config.capacity_factor is None else f"factor {config.capacity_factor}"
-    _box(ax, 5.3, 3.1, 2.0, 1.2, f"seats per expert\nceil(f N k / E) = {capacity}\n({factor})\nfirst choices first",
-         "router", 7.0)
+    if config.capacity_factor is None:
+        seats = f"seats per expert\nno limit: N = {capacity}\n(capacity_factor None)\nnothing dropped"
+    else:
+        seats = (f"seats per expert\nceil(f N k / E) = {capacity}\n(factor {config.capacity_factor})\n"
+                 "first choices first")
+        ax.text(5.3, 2.2, "a choice over its expert's\nseats is dropped (adds 0)", ha="center", va="top", fontsize=7,
+                color="tab:red")
+    _box(ax, 5.3, 3.1, 2.0, 1.2, seats, "router", 7.0)
     _arrow(ax, (5.3, 4.35), (5.3, 3.7))
-    ax.text(5.3, 2.2, "a choice over its expert's\nseats is dropped (adds 0)", ha="center", va="top", fontsize=7,
-            color="tab:red")
 
     # the experts, one row each (the middle ones folded when there are many)
     shown = list(range(E)) if E <= max_experts_drawn else \

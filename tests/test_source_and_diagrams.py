@@ -84,6 +84,8 @@ def test_the_moe_diagram_draws_experts_shared_experts_and_folds_many():
     text = _texts(plot_moe_diagram(fine, n_tokens=50))
     assert "2 shared experts: every token" in text and "... 23 more ..." in text and "expert 31" in text
     assert "+ bias b" in text and "(50, 32)" in text and "top-6 of 32 + 2 shared" in text
+    dropless = _texts(plot_moe_diagram(dataclasses.replace(config, capacity_factor=None)))
+    assert "no limit: N = 100" in dropless and "ceil(" not in dropless and "dropped (adds 0)" not in dropless
     plt.close("all")
     with pytest.raises(ValueError, match="n_expert >= 2"):
         plot_moe_diagram(part1_config(vocab_size=64))
