@@ -12,7 +12,8 @@
     checkup         the 25 % check-up shared by the command line and the notebooks
     costs           parameters, FLOPs, memory and forward time of a configuration
     experiments     small experiments the notebooks run (capacity vs cost, dense vs MoE)
-    plots           the notebooks' matplotlib figures
+    plots           the notebooks' matplotlib figures, the GPT and MoE diagrams
+    source          show_source: the library's own code, displayed in the notebooks
     widgets         slider callbacks and their ipywidgets wiring
     checkpoint      atomic save / checked load
     atomic          atomic, fsync'ed file writes; stale temp files of killed writes removed

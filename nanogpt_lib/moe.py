@@ -15,7 +15,9 @@ The convention matters for learning: the router's only gradient from the languag
 flows through the weights w. With k = 1 and renormalisation, w = 1 and the router would learn
 from the auxiliary losses alone.
 
-Capacity. Experts run on fixed-size buffers, so each expert takes at most
+Capacity. Switch Transformer ran on TPUs, whose compiled programs need every tensor shape fixed in
+advance, so each expert had a buffer of exactly `capacity` rows. This code keeps the rule, each expert
+takes at most
 
     capacity = ceil(capacity_factor * N * k / E)
 
@@ -23,14 +25,18 @@ of the N tokens in a batch (N * k / E is its share under perfect balance). Seats
 order of preference: every token's first choice before any token's second choice, and within a
 choice in token order. A choice that finds its expert full is dropped: that expert adds nothing
 for that token, which still goes on through the residual connection (x + 0). Drops are counted.
+PyTorch does not need fixed shapes, so `dispatch_vectorised`'s buffer has as many rows as the fullest
+expert uses (at most `capacity`): the drops are those of a fixed buffer, the memory only what is used.
 
 Two auxiliary losses keep routing healthy; both are returned, never stored in a global:
 
     load balancing (Switch):  L_aux = E * sum_i f_i * P_i
         f_i = share of the N * k choices that picked expert i (counted before capacity)
         P_i = mean router probability of expert i over the N tokens
-    L_aux = 1 when routing is perfectly balanced (f_i = P_i = 1/E) and E when every token goes
-    to one expert; only P carries gradient, pushing probability away from crowded experts.
+    L_aux = 1 when routing is perfectly balanced (f_i = P_i = 1/E); its ceiling is E / k, reached when
+    every token sends its k choices to the same k experts (E for top-1: everything on one expert),
+    since a token picks an expert at most once, so f_i <= 1/k. Only P carries gradient, pushing
+    probability away from crowded experts.
 
     router z-loss (ST-MoE):   L_z = mean over tokens of (logsumexp(logits))^2
     keeps the logits small, so the softmax does not saturate and float rounding stays harmless.
@@ -248,7 +254,7 @@ LOSS_CONVENTIONS = ("switch", "mixtral")
 
 
 def load_balancing_loss(routing: Routing, convention: str = "switch") -> torch.Tensor:
-    """Switch Transformer's E * sum_i f_i * P_i: 1 when balanced, E when all tokens pick one expert.
+    """Switch Transformer's E * sum_i f_i * P_i: 1 when balanced, at most E / k (all on k experts).
 
     `convention="mixtral"` is the same loss as `transformers`' `load_balancing_loss_func`, whose
     f_i counts choices per token instead of per choice (f sums to k, not 1): k times the Switch
@@ -450,7 +456,8 @@ def update_expert_biases(model: nn.Module) -> None:
 
 
 def imbalance(share) -> float:
-    """Busiest expert's share over the fair share 1/E: 1.0 is perfect balance, E is total collapse."""
+    """Busiest expert's share over the fair share 1/E: 1.0 is perfect balance, E / k is total collapse
+    (a token picks an expert at most once, so an expert gets at most 1/k of the N * k choices)."""
     share = [float(v) for v in share]
     return max(share) * len(share)
 

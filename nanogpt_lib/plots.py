@@ -10,14 +10,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .atomic import atomic_path
 from .config import GPTConfig
 from .costs import format_count, model_cost
 from .evaluation import PositionReport
-from .moe import Routing, balance_summary
+from .model import GPT
+from .moe import MoE, Routing, balance_summary, expert_capacity
 from .training import History
 
 
@@ -111,14 +112,26 @@ def plot_capacity(results: Sequence) -> Figure:
     return fig
 
 
-def plot_positions(reports: Mapping[str, PositionReport]) -> Figure:
-    """p(true next token) at each position, one line per labelled model (e.g. per 25 % point)."""
-    fig, ax = plt.subplots(figsize=(10, 3.2))
+def plot_positions(reports: Mapping[str, PositionReport], vocab_size: int | None = None,
+                   log_scale: bool = True) -> Figure:
+    """p(true next token) at each position, one line per labelled model (e.g. per 25 % point).
+
+    On a log scale by default: an untrained model's p is about 1/V everywhere and an early snapshot's
+    a few hundredths, which a linear axis draws flat on zero. With `vocab_size`, 1/V is drawn too."""
+    fig, ax = plt.subplots(figsize=(10, 3.4))
     for label, rep in reports.items():
         acc = sum(rep.correct) / max(len(rep.correct), 1)
         ax.plot(range(len(rep.target_prob)), rep.target_prob, lw=1, marker=".",
                 label=f"{label} (argmax right at {acc:.0%} of positions)")
-    ax.set(xlabel="position t (predicting token t+1)", ylabel="p(true next token)", ylim=(-0.02, 1.02),
+    if vocab_size is not None:
+        ax.axhline(1 / vocab_size, color="grey", ls=":", label=f"1/V = 1/{vocab_size:,} (uniform guess)")
+    if log_scale:
+        ax.set_yscale("log")
+        ax.set_ylim(top=1.5)
+    else:
+        ax.set_ylim(-0.02, 1.02)
+    ax.set(xlabel="position t (predicting token t+1)",
+           ylabel="p(true next token)" + (" (log scale)" if log_scale else ""),
            title="How sure the model is of each next token of the paragraph")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="snapshot")
@@ -162,7 +175,8 @@ def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) ->
     k = routing.experts.shape[1]
     fig, (ax_grid, ax_load) = plt.subplots(1, 2, figsize=(10, max(3.0, 0.32 * N + 1)),
                                            gridspec_kw={"width_ratios": [1.2, 1]})
-    ax_grid.imshow(routing.probs.detach().cpu().numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    image = ax_grid.imshow(routing.probs.detach().cpu().numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(image, ax=ax_grid, label="router probability p", fraction=0.05, pad=0.02)
     for t in range(N):
         for j in range(k):
             e, kept = int(routing.experts[t, j]), bool(routing.kept[t, j])
@@ -171,7 +185,7 @@ def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) ->
                          color="black" if kept else "red")
     ax_grid.set_xticks(range(E), [f"e{e}" for e in range(E)])
     ax_grid.set_yticks(range(N), token_labels if token_labels is not None else [f"t{t}" for t in range(N)])
-    ax_grid.set(xlabel="expert", title=f"Router probabilities; 1, 2: choice rank, ✗: dropped (top-{k})")
+    ax_grid.set(xlabel="expert", ylabel="token", title=f"Router probabilities; 1, 2: choice rank, ✗: dropped (top-{k})")
     kept_counts = [int((routing.kept & (routing.experts == e)).sum()) for e in range(E)]
     wanted = [int((routing.experts == e).sum()) for e in range(E)]
     ax_load.bar(range(E), kept_counts, color="tab:blue", label="kept")
@@ -312,5 +326,206 @@ def plot_expert_bias(history: History, title: str = "", layers: Sequence[int] | 
     axes[0][0].set_ylabel("bias (one line per expert)")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------- diagrams
+_COLOURS = {"data": "#eeeeee", "embed": "#dbe9f6", "norm": "#e8e8f8", "attn": "#fde3c8", "mlp": "#d9f0d3",
+            "head": "#f6dbe6", "router": "#fff2b3", "expert": "#d9f0d3", "chosen": "#8fd18f", "shared": "#b8dcf0"}
+
+
+def _box(ax, x: float, y: float, w: float, h: float, text: str, kind: str, fontsize: float = 8) -> None:
+    """A rounded box centred on (x, y) with centred text."""
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                facecolor=_COLOURS[kind], edgecolor="black", lw=0.8))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, family="monospace")
+
+
+def _arrow(ax, start: tuple[float, float], end: tuple[float, float], **style) -> None:
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, shrinkA=0, shrinkB=0,
+                                 **{"lw": 0.9, **style}))
+
+
+def _plus(ax, x: float, y: float) -> None:
+    """The residual addition: a circled plus."""
+    ax.add_patch(Circle((x, y), 0.17, facecolor="white", edgecolor="black", lw=0.9))
+    ax.text(x, y, "+", ha="center", va="center", fontsize=11)
+
+
+def _count(module: torch.nn.Module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()):,} params"
+
+
+def plot_gpt_diagram(config: GPTConfig, batch_size: int = 1) -> Figure:
+    """GPT-2 drawn from `config`: the whole model on the left, one block on the right, each box with its
+    output shape (B = batch_size, T = block_size) and its parameter count, read from the model itself
+    (built on the meta device, so the counts cannot drift from `model.py`)."""
+    if config.n_expert > 0:
+        raise ValueError("plot_gpt_diagram draws the dense GPT (n_expert=0); use plot_moe_diagram for the MoE layer")
+    with torch.device("meta"):
+        model = GPT(config)
+    block = model.transformer.h[0]
+    B, T, C, V, H = batch_size, config.block_size, config.n_embd, config.vocab_size, config.n_head
+    D = C // H
+    fig, (ax_model, ax_block) = plt.subplots(1, 2, figsize=(11, 8.2), gridspec_kw={"width_ratios": [1, 1.25]})
+
+    # the model, top to bottom
+    ax = ax_model
+    _box(ax, 2.5, 13.2, 3.2, 0.7, f"token ids idx\n({B}, {T}) = (B, T)", "data")
+    _box(ax, 1.3, 11.6, 2.3, 0.95, f"wte  {V} x {C}\n{_count(model.transformer.wte)}", "embed")
+    _box(ax, 3.8, 11.6, 2.3, 0.95, f"wpe  {T} x {C}\n{_count(model.transformer.wpe)}", "embed")
+    _arrow(ax, (1.9, 12.85), (1.3, 12.08))
+    _arrow(ax, (3.2, 12.85), (3.8, 12.08), ls="--")
+    ax.text(4.1, 12.5, "positions 0..T-1", fontsize=7, color="dimgray")
+    _plus(ax, 2.5, 10.5)
+    _arrow(ax, (1.3, 11.12), (2.35, 10.6))
+    _arrow(ax, (3.8, 11.12), (2.65, 10.6))
+    _box(ax, 2.5, 9.55, 3.2, 0.6, f"dropout {config.dropout}\n({B}, {T}, {C}) = (B, T, C)", "data", 7.5)
+    _arrow(ax, (2.5, 10.33), (2.5, 9.85))
+    n_block = sum(p.numel() for p in block.parameters())
+    _box(ax, 2.5, 7.6, 4.4, 2.4, f"Block  x {config.n_layer}\n(right: one block)\n\n{n_block:,} params each,\n"
+                                 f"{config.n_layer * n_block:,} in all\n({B}, {T}, {C}) -> ({B}, {T}, {C})", "attn")
+    _arrow(ax, (2.5, 9.25), (2.5, 8.8))
+    _box(ax, 2.5, 5.6, 3.2, 0.7, f"ln_f  LayerNorm\n{_count(model.transformer.ln_f)}", "norm")
+    _arrow(ax, (2.5, 6.4), (2.5, 5.95))
+    _box(ax, 2.5, 4.3, 3.6, 0.9, f"lm_head  {C} -> {V}\nweight tied to wte: 0 new params", "head")
+    _arrow(ax, (2.5, 5.25), (2.5, 4.75))
+    _box(ax, 2.5, 3.0, 3.2, 0.6, f"logits ({B}, {T}, {V}) = (B, T, V)", "data", 7.5)
+    _arrow(ax, (2.5, 3.85), (2.5, 3.3))
+    _box(ax, 2.5, 1.6, 4.2, 0.9, "cross-entropy with targets\n(the -1 positions ignored)\n-> loss, a scalar", "data",
+         7.5)
+    _arrow(ax, (2.5, 2.7), (2.5, 2.05))
+    ax.annotate("", xy=(0.15, 4.3), xytext=(0.15, 11.6),
+                arrowprops={"arrowstyle": "<->", "ls": ":", "color": "dimgray", "lw": 0.9})
+    ax.text(0.05, 8.0, "same matrix", rotation=90, fontsize=7, color="dimgray", ha="right", va="center")
+    ax.set(xlim=(-0.4, 5.4), ylim=(0.8, 13.8),
+           title=f"GPT: {model.num_params():,} parameters ({V:,}-token vocabulary)")
+    ax.axis("off")
+
+    # one block, top to bottom, the residual stream on the left
+    ax = ax_block
+    x_main, x_res = 3.4, 0.6
+    _box(ax, x_main, 13.2, 3.4, 0.6, f"x  ({B}, {T}, {C})", "data")
+    steps_attn = [
+        (12.0, f"ln_1  LayerNorm  ({_count(block.ln_1)})", "norm", 0.55),
+        (10.95, f"c_attn  {C} -> 3 x {C}  ({_count(block.attn.c_attn)})\nq, k, v: 3 x ({B}, {T}, {C})", "attn", 0.8),
+        (9.75, f"split into heads: ({B}, {H}, {T}, {D}) = (B, H, T, D)\n"
+               f"softmax(q k^T / sqrt({D}) + causal mask) v\nposition t sees positions 0..t", "attn", 1.05),
+        (8.45, f"heads side by side: ({B}, {T}, {C})\nc_proj  {C} -> {C}  ({_count(block.attn.c_proj)})", "attn", 0.8),
+    ]
+    steps_mlp = [
+        (6.65, f"ln_2  LayerNorm  ({_count(block.ln_2)})", "norm", 0.55),
+        (5.6, f"c_fc  {C} -> {4 * C}  ({_count(block.mlp.c_fc)})\nGELU (tanh form)", "mlp", 0.8),
+        (4.45, f"c_proj  {4 * C} -> {C}  ({_count(block.mlp.c_proj)})\ndropout {config.dropout}", "mlp", 0.8),
+    ]
+    previous = 12.9
+    for steps, plus_y in ((steps_attn, 7.45), (steps_mlp, 3.45)):
+        top = previous
+        for y, text, kind, h in steps:
+            _arrow(ax, (x_main, previous), (x_main, y + h / 2))
+            _box(ax, x_main, y, 4.6, h, text, kind, 7.3)
+            previous = y - h / 2
+        _arrow(ax, (x_main, previous), (x_main, plus_y + 0.17))
+        _plus(ax, x_main, plus_y)
+        ax.plot([x_main - 0.3, x_res, x_res], [top + 0.15, top + 0.15, plus_y], color="black", lw=0.9)
+        _arrow(ax, (x_res, plus_y), (x_main - 0.17, plus_y))
+        previous = plus_y - 0.17
+    ax.text(x_res - 0.1, 10.0, "residual: x + attn(ln_1(x))", rotation=90, fontsize=7, ha="right", va="center")
+    ax.text(x_res - 0.1, 5.3, "residual: x + mlp(ln_2(x))", rotation=90, fontsize=7, ha="right", va="center")
+    _box(ax, x_main, 2.3, 3.4, 0.6, f"out  ({B}, {T}, {C})", "data")
+    _arrow(ax, (x_main, previous), (x_main, 2.6))
+    ax.set(xlim=(-0.2, 6.0), ylim=(0.8, 13.8),
+           title=f"One block: attention ({H} heads of {D}) then MLP, pre-norm")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts_drawn: int = 10) -> Figure:
+    """The MoE layer of `config` drawn left to right: router -> top-k -> seats -> experts -> weighted sum
+    -> residual, with shapes (N = n_tokens, default one batch of block_size tokens) and parameter counts
+    read from the layer itself. Shared experts (`n_shared_expert`), a sigmoid router with its balancing
+    bias, and many narrow (fine-grained) experts are drawn when the config has them; with more than
+    `max_experts_drawn` experts the middle ones are folded into a '...' row."""
+    if config.n_expert < 2:
+        raise ValueError(f"plot_moe_diagram needs an MoE config with n_expert >= 2, got n_expert={config.n_expert}")
+    with torch.device("meta"):
+        layer = MoE(config)
+    N = n_tokens if n_tokens is not None else config.block_size
+    C, E, k, S = config.n_embd, config.n_expert, config.top_k, config.n_shared_expert
+    hidden = config.hidden_size
+    capacity = expert_capacity(N, E, k, config.capacity_factor)
+    per_expert = layer.experts.params_per_expert()
+    fig, ax = plt.subplots(figsize=(12, 6.2))
+
+    _box(ax, 0.9, 5.0, 1.5, 1.0, f"x = ln_2(h)\n({N}, {C})\nN tokens", "data")
+    if config.router_type == "sigmoid":
+        scoring = "sigmoid(x W_r): scores\n+ bias b (choice only)"
+    else:
+        scoring = "softmax(x W_r)\nprobabilities p"
+    _box(ax, 3.0, 5.0, 2.2, 1.3, f"router W_r  {C} x {E}\n{_count(layer.router)}\n{scoring}\n({N}, {E})", "router", 7.3)
+    _arrow(ax, (1.65, 5.0), (1.9, 5.0))
+    weight_rule = "renormalised to sum 1" if (k > 1 if config.norm_topk_prob is None else config.norm_topk_prob) \
+        else "raw score"
+    _box(ax, 5.3, 5.0, 2.0, 1.3, f"top-{k} of {E}\nexperts ({N}, {k})\nweights w ({N}, {k})\n{weight_rule}",
+         "router", 7.3)
+    _arrow(ax, (4.1, 5.0), (4.3, 5.0))
+    if config.capacity_factor is None:
+        seats = f"seats per expert\nno limit: N = {capacity}\n(capacity_factor None)\nnothing dropped"
+    else:
+        seats = (f"seats per expert\nceil(f N k / E) = {capacity}\n(factor {config.capacity_factor})\n"
+                 "first choices first")
+        ax.text(5.3, 2.2, "a choice over its expert's\nseats is dropped (adds 0)", ha="center", va="top", fontsize=7,
+                color="tab:red")
+    _box(ax, 5.3, 3.1, 2.0, 1.2, seats, "router", 7.0)
+    _arrow(ax, (5.3, 4.35), (5.3, 3.7))
+
+    # the experts, one row each (the middle ones folded when there are many)
+    shown = list(range(E)) if E <= max_experts_drawn else \
+        list(range(max_experts_drawn - 2)) + [None, E - 1]
+    top_y, row = 8.3, min(0.75, 6.4 / len(shown))
+    chosen = set(range(k))  # an example token's k experts, coloured
+    x_exp = 8.3
+    ys = []
+    for i, e in enumerate(shown):
+        y = top_y - i * row
+        ys.append(y)
+        if e is None:
+            ax.text(x_exp, y, f"... {E - len(shown) + 1} more ...", ha="center", va="center", fontsize=7)
+            continue
+        kind = "chosen" if e in chosen else "expert"
+        _box(ax, x_exp, y, 2.4, row * 0.8, f"expert {e}: {C}->{hidden}->{C}", kind, 6.8 if row > 0.5 else 6)
+        _arrow(ax, (6.3, 5.0), (x_exp - 1.2, y), color="dimgray" if e not in chosen else "black",
+               lw=0.5 if e not in chosen else 1.1)
+    ax.text(x_exp, top_y + 0.55, f"{E} routed experts, {per_expert:,} params each\n({config.expert_type}; "
+            f"coloured: one token's top-{k})", ha="center", fontsize=7.3)
+    bottom = ys[-1] - row / 2
+    x_sum = 11.0
+    if S:
+        shared_y = bottom - 0.75
+        _box(ax, x_exp, shared_y, 2.6, 0.8, f"{S} shared expert{'s' if S > 1 else ''}: every token, w = 1\n"
+                                            f"{_count(layer.shared_experts)}", "shared", 6.8)
+        ax.plot([1.65, 1.65, x_exp - 1.3], [4.5, shared_y, shared_y], color="tab:blue", lw=0.9)
+        _arrow(ax, (x_exp + 1.3, shared_y), (x_sum - 0.5, 4.8), color="tab:blue")
+    for y in ys:
+        if y is not None:
+            _arrow(ax, (x_exp + 1.2, y), (x_sum - 0.5, 5.2), color="dimgray", lw=0.5)
+    total = "sum_j w_j expert_j(x)" + ("\n+ shared(x)" if S else "")
+    _box(ax, x_sum, 5.0, 1.9, 1.1, f"y = {total}\n({N}, {C})", "mlp", 7.0)
+    _plus(ax, x_sum, 3.2)
+    _arrow(ax, (x_sum, 4.45), (x_sum, 3.37))
+    ax.text(x_sum + 0.25, 3.2, "h + y\n(residual)", va="center", fontsize=7.3)
+    _box(ax, x_sum, 1.9, 1.6, 0.6, f"out ({N}, {C})", "data")
+    _arrow(ax, (x_sum, 3.03), (x_sum, 2.2))
+    low = 0.9
+    ax.plot([0.9, 0.9, x_sum - 1.0, x_sum - 1.0], [4.5, low, low, 3.2], color="black", lw=0.7, ls=":")
+    _arrow(ax, (x_sum - 1.0, 3.2), (x_sum - 0.17, 3.2), lw=0.7)
+    ax.text(2.4, low + 0.1, "h, the block's input (before ln_2), skips the layer", fontsize=6.8, color="dimgray")
+    active = layer.active_params()
+    ax.set(xlim=(0, 12.6), ylim=(0.6, 9.3),
+           title=f"MoE layer: {sum(p.numel() for p in layer.parameters()):,} parameters, {active:,} active "
+                 f"per token (top-{k} of {E}{f' + {S} shared' if S else ''})")
+    ax.axis("off")
     fig.tight_layout()
     return fig

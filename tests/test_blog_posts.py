@@ -62,12 +62,45 @@ def test_a_notebook_without_heading_is_refused(repo):
 
 
 def test_output_images_are_extracted_with_stable_names_and_relative_links(repo):
-    plot = new_code_cell("plot()", execution_count=1, outputs=[new_output(
+    plot = new_code_cell("# alt: A line rising to the right\nplot()", execution_count=1, outputs=[new_output(
         "display_data", data={"image/png": base64.b64encode(PNG).decode(), "text/plain": "<Figure>"})])
     _, _, body, files = first_notebook(repo, "# T", cells=[plot])
     assert files["assets/notebooks/03-first-try/03-first-try_1_0.png"] == PNG  # slug, cell index, output index
-    assert "](../../assets/notebooks/03-first-try/03-first-try_1_0.png)" in body
-    assert "<Figure>" not in body
+    assert "![A line rising to the right](../../assets/notebooks/03-first-try/03-first-try_1_0.png)" in body
+    assert "<Figure>" not in body and "# alt:" not in body
+
+
+def _figure_cell(source):
+    image = {"image/png": base64.b64encode(PNG).decode(), "text/plain": "<Figure>"}
+    return new_code_cell(source, execution_count=1, outputs=[
+        new_output("display_data", data=image), new_output("stream", name="stdout", text="between\n"),
+        new_output("display_data", data=image)])
+
+
+def test_each_figure_takes_its_alt_line_in_order(repo):
+    cell = _figure_cell("# alt: Loss against epoch\nshow()\n"
+                        "# alt: Perplexity against epoch,\n#   log scale\n# a comment\nshow()")
+    _, _, body, _ = first_notebook(repo, "# T", cells=[cell])
+    assert "![Loss against epoch](../../assets/notebooks/03-first-try/03-first-try_1_0.png)" in body
+    assert "![Perplexity against epoch, log scale](../../assets/notebooks/03-first-try/03-first-try_1_2.png)" in body
+    assert "![png]" not in body and "# alt" not in body and "log scale\n" not in body
+    assert "show()\n# a comment\nshow()" in body
+
+
+def test_a_figure_without_alt_text_is_an_error_except_where_the_fallback_is_allowed(repo, monkeypatch):
+    with pytest.raises(ValueError, match=r"03_first_try.ipynb, cell 1: 2 figure\(s\) but 1 `# alt"):
+        first_notebook(repo, "# T", cells=[_figure_cell("# alt: only one\nshow()")])
+    with pytest.raises(ValueError, match="empty or holds a bracket"):
+        first_notebook(repo, "# T", cells=[_figure_cell("# alt: [x]\n# alt: y\nshow()")])
+    monkeypatch.setattr("blog.posts.ALT_TEXT_OPTIONAL", frozenset({"03"}))
+    _, _, body, _ = first_notebook(repo, "# T", cells=[_figure_cell("# alt: first\nshow()")])
+    assert "![first](" in body and "![Figure 2 of cell 1 of notebook 03_first_try (not described yet)](" in body
+
+
+def test_the_colab_install_cell_is_left_out_of_the_post(repo):
+    install = new_code_cell("pip_install_in_colab()", metadata={"tags": ["colab-install"]}, execution_count=1)
+    _, _, body, _ = first_notebook(repo, "# T", cells=[install, new_code_cell("kept()")])
+    assert "pip_install_in_colab" not in body and "kept()" in body
 
 
 def test_links_are_rewritten_for_the_site(repo):

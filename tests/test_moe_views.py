@@ -63,6 +63,7 @@ def test_routing_plot_marks_dropped_choices():
     fig = plot_routing(r, ["a", "b", "c"])
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("2✗") == 2 and texts.count("1") == 3
+    assert fig.axes[0].get_ylabel() == "token" and fig.axes[-1].get_ylabel() == "router probability p"  # colour bar
     plt.close(fig)
 
 
