@@ -87,14 +87,11 @@ def test_each_figure_takes_its_alt_line_in_order(repo):
     assert "show()\n# a comment\nshow()" in body
 
 
-def test_a_figure_without_alt_text_is_an_error_except_where_the_fallback_is_allowed(repo, monkeypatch):
+def test_a_figure_without_alt_text_is_an_error(repo):
     with pytest.raises(ValueError, match=r"03_first_try.ipynb, cell 1: 2 figure\(s\) but 1 `# alt"):
         first_notebook(repo, "# T", cells=[_figure_cell("# alt: only one\nshow()")])
     with pytest.raises(ValueError, match="empty or holds a bracket"):
         first_notebook(repo, "# T", cells=[_figure_cell("# alt: [x]\n# alt: y\nshow()")])
-    monkeypatch.setattr("blog.posts.ALT_TEXT_OPTIONAL", frozenset({"03"}))
-    _, _, body, _ = first_notebook(repo, "# T", cells=[_figure_cell("# alt: first\nshow()")])
-    assert "![first](" in body and "![Figure 2 of cell 1 of notebook 03_first_try (not described yet)](" in body
 
 
 def test_the_colab_install_cell_is_left_out_of_the_post(repo):
