@@ -15,6 +15,15 @@ What a notebook's stored output may contain (README, "Tests"):
 - `# NBVAL_IGNORE_OUTPUT` is for wall-clock timings, widgets and progress bars only.
 """
 
-from tests.nbval_tolerance import install
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each. With torch's default of one thread per
+    # core, the workers' OpenMP threads spin-wait against each other and a notebook runs ten times slower.
+    # Set before anything imports torch (the notebooks' kernels inherit it).
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+
+from tests.nbval_tolerance import install  # noqa: E402
 
 install()
