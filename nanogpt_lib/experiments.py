@@ -102,7 +102,7 @@ def compare_on_corpus(
 
 
 def modern_moe_variants(part2: GPTConfig, bias_update_rate: float = 0.01) -> dict[str, GPTConfig]:
-    """Notebook 07's four variants of a Part-2 MoE config (E experts of width H, top-k), at about the same
+    """Notebook 08's four variants of a Part-2 MoE config (E experts of width H, top-k), at about the same
     active parameters: Part 2 itself; SwiGLU experts of width 2H // 3 (the same parameters per expert);
     fine-grained + shared (each SwiGLU expert split in 4, 2 of the 4E quarters shared, the router picking
     4k - 2 of the others); and the latter with DeepSeek-V3's sigmoid router and balancing bias instead of

@@ -1,4 +1,4 @@
-"""Notebook 07's comparison over many seeds: how much of a gap between variants is the seed?
+"""Notebook 08's comparison over many seeds: how much of a gap between variants is the seed?
 
     python -m studies.modern_moe_seeds --device cuda --seeds 12              # the notebook's variants
     python -m studies.modern_moe_seeds --device cuda --seeds 12 --ablation   # the balancing ablation
@@ -50,7 +50,7 @@ def variants(vocab_size: int, ablation: bool) -> dict[str, GPTConfig]:
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     p = argparse.ArgumentParser(prog="python -m studies.modern_moe_seeds", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=12, help="seeds 0 .. N-1")
-    p.add_argument("--steps", type=int, default=150, help="optimisation steps per run (notebook 06/07: 150)")
+    p.add_argument("--steps", type=int, default=150, help="optimisation steps per run (notebooks 06 and 08: 150)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--ablation", action="store_true", help="balancing ablation instead of the notebook's variants")
     p.add_argument("--dropless", action="store_true", help="no capacity limit in training (nothing dropped)")
