@@ -83,12 +83,14 @@ def estimate_params(config: GPTConfig) -> int:
     return embeddings + (config.n_layer - moe_blocks) * dense + moe_blocks * moe + final
 
 
-def training_bytes_estimate(config: GPTConfig, rows: int, seq_len: int | None = None) -> int:
-    """A lower estimate of one training step's memory: fp32 weights, gradients and AdamW state, plus the
-    activations of `rows` sequences of `seq_len` tokens (block_size by default)."""
+def training_bytes_estimate(config: GPTConfig, rows: int, seq_len: int | None = None,
+                            params: int | None = None) -> int:
+    """A lower estimate of one training step's memory: fp32 weights, gradients and AdamW state (16 bytes
+    per parameter, as `ModelCost.training_bytes`), plus the activations of `rows` sequences of `seq_len`
+    tokens (block_size by default). `params` saves recounting when the caller has `estimate_params`."""
     tokens = rows * (config.block_size if seq_len is None else seq_len)
     activations = FP32_BYTES * tokens * (16 * config.n_embd * config.n_layer + 2 * config.vocab_size)
-    return 4 * FP32_BYTES * estimate_params(config) + activations
+    return 4 * FP32_BYTES * (estimate_params(config) if params is None else params) + activations
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -112,10 +114,11 @@ def check_fits(config: GPTConfig, rows: int, device: torch.device, seq_len: int 
                available: int | None = None) -> None:
     """Raise ValueError, before anything is allocated, when a training step cannot fit on `device`."""
     available = available_bytes(device) if available is None else available
-    needed = training_bytes_estimate(config, rows, seq_len)
+    params = estimate_params(config)
+    needed = training_bytes_estimate(config, rows, seq_len, params)
     if available is not None and needed > available:
         raise ValueError(
-            f"this run needs at least {format_bytes(needed)} ({format_count(estimate_params(config))} parameters "
+            f"this run needs at least {format_bytes(needed)} ({format_count(params)} parameters "
             f"x 16 bytes for weights, gradients and AdamW, plus activations of {rows} x "
             f"{config.block_size if seq_len is None else seq_len} tokens) but {device} has "
             f"{format_bytes(available)} free; use a smaller model (--n-layer, --n-embd, --block-size) or --batch-size"
