@@ -4,7 +4,9 @@ The defaults are GPT-2 small (124M parameters). Part 1 of the series trains a mu
 smaller model (`part1_config`) on a single paragraph. Part 2 turns some MLPs into a Mixture of
 Experts (`n_expert` > 0; see `moe.py`); with `n_expert = 0`, the default, the model is dense.
 Part 3 adds the choices of today's MoE models (SwiGLU experts, shared experts, a sigmoid router
-with an auxiliary-loss-free balancing bias); their defaults keep Part 2's MoE unchanged.
+with an auxiliary-loss-free balancing bias, group-limited routing, gpt-oss's router bias and clamped
+SwiGLU, Qwen2-MoE's gated shared expert, the balancing loss of each family); their defaults keep Part 2's
+MoE unchanged.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 DISPATCHES = ("vectorised", "loop")
-EXPERT_TYPES = ("gelu", "swiglu")  # GPT-2's MLP, or the gated SwiGLU of LLaMA, Mixtral, Qwen, DeepSeek
+# GPT-2's MLP, the gated SwiGLU of LLaMA, Mixtral, Qwen, DeepSeek, OLMoE, or gpt-oss's clamped variant
+EXPERT_TYPES = ("gelu", "swiglu", "clamped_swiglu")
 ROUTER_TYPES = ("softmax", "sigmoid")  # Part 2 / Mixtral, or DeepSeek-V3's independent scores
+# the balancing loss a layer returns (see moe.load_balancing_loss): Switch's E sum f P, transformers'
+# load_balancing_loss_func (Mixtral, and the same function in Qwen2/Qwen3-MoE, OLMoE, gpt-oss: k times
+# Switch's), or DeepSeek-V3's sequence-wise loss (Switch's per sequence, averaged)
+AUX_LOSS_TYPES = ("switch", "mixtral", "qwen", "sequence")
 
 
 @dataclass(frozen=True)
@@ -30,10 +37,10 @@ class GPTConfig:
     n_expert: int = 0  # experts per MoE layer (1 is allowed: it equals the dense MLP)
     top_k: int = 2  # experts each token is sent to
     moe_every: int = 1  # blocks moe_every-1, 2*moe_every-1, ... are MoE (1: all, 2: every other)
-    expert_hidden: int | None = None  # hidden width of one expert; None: as wide as the dense MLP (see hidden_size)
+    expert_hidden: int | None = None  # hidden width of one expert; None: as wide as the dense MLP (see expert_width)
     capacity_factor: float | None = 1.25  # training: slots per expert = factor * tokens * top_k / n_expert
     eval_capacity_factor: float | None = None  # the same in eval mode; None (default): no limit, nothing dropped
-    aux_loss_weight: float = 0.01  # Switch load-balancing loss weight
+    aux_loss_weight: float = 0.01  # load-balancing loss weight (the loss: aux_loss_type)
     z_loss_weight: float = 0.001  # ST-MoE router z-loss weight (softmax routers; a sigmoid router has none)
     router_noise: float = 0.0  # std of Gaussian noise on router logits, training only
     moe_dispatch: str = "vectorised"  # "vectorised" (batched matmuls) or "loop" (one expert at a time)
@@ -42,7 +49,16 @@ class GPTConfig:
     n_shared_expert: int = 0  # always-active experts added to the routed ones (DeepSeek), same width each
     router_type: str = "softmax"  # "softmax" (probabilities) or "sigmoid" (DeepSeek-V3 scores)
     norm_topk_prob: bool | None = None  # renormalise the k chosen weights; None: only when top_k >= 2
-    bias_update_rate: float = 0.0  # loss-free balancing: per-step change of the expert bias (0: none, or frozen)
+    bias_update_rate: float = 0.0  # loss-free balancing: per-step change of the balancing bias (0: none, or frozen)
+    # --- the released models' remaining switches (Part 3); the defaults change nothing
+    n_group: int = 1  # DeepSeek-V3: experts split into n_group groups; only the best topk_group groups compete
+    topk_group: int = 1  # groups a token may choose its experts from (n_group=1: plain top-k)
+    routed_scaling_factor: float = 1.0  # DeepSeek-V3: the routed experts' weights times this (2.5 in V3)
+    router_bias: bool = False  # gpt-oss: the router is a Linear with a bias (logits = x W_r + b_r)
+    swiglu_alpha: float = 1.702  # clamped_swiglu (gpt-oss): gate * sigmoid(alpha * gate)
+    swiglu_limit: float = 7.0  # clamped_swiglu (gpt-oss): gate clamped to <= limit, up to [-limit, limit]
+    shared_expert_gate: bool = False  # Qwen2-MoE: shared experts' output times sigmoid(x w_g), its own gate
+    aux_loss_type: str = "switch"  # which balancing loss the layer returns (AUX_LOSS_TYPES)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -105,6 +121,39 @@ class GPTConfig:
         rate = self.bias_update_rate
         if not _is_number(rate) or not 0 <= rate < math.inf:
             fail("bias_update_rate", "it must be a finite number >= 0 (0: no balancing bias)")
+        self._check_released_models()
+
+    def _check_released_models(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"GPTConfig.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        if not _is_int(self.n_group) or self.n_group < 1:
+            fail("n_group", "it must be an integer >= 1 (1: no groups)")
+        if self.n_expert > 0 and self.n_expert % self.n_group:
+            fail("n_group", f"it must divide n_expert={self.n_expert} (every group holds as many experts)")
+        if not _is_int(self.topk_group) or not 1 <= self.topk_group <= self.n_group:
+            fail("topk_group", f"it must be an integer in 1..n_group={self.n_group}")
+        if self.n_group > 1 and self.n_expert > 0:
+            per_group = self.n_expert // self.n_group
+            if per_group < 2:
+                fail("n_group", f"a group is scored by its best 2 experts; n_expert={self.n_expert} gives "
+                                f"{per_group} per group")
+            if self.topk_group * per_group < self.top_k:
+                fail("topk_group", f"{self.topk_group} groups of {per_group} experts hold fewer than "
+                                   f"top_k={self.top_k}")
+        if not _is_number(self.routed_scaling_factor) or not 0 < self.routed_scaling_factor < math.inf:
+            fail("routed_scaling_factor", "it must be a finite number > 0 (1: weights unchanged)")
+        for name in ("router_bias", "shared_expert_gate"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "it must be True or False")
+        if self.shared_expert_gate and self.n_shared_expert == 0:
+            fail("shared_expert_gate", "it gates the shared experts; set n_shared_expert > 0 too")
+        for name in ("swiglu_alpha", "swiglu_limit"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < math.inf:
+                fail(name, "it must be a finite number > 0")
+        if self.aux_loss_type not in AUX_LOSS_TYPES:
+            fail("aux_loss_type", f"choose one of {AUX_LOSS_TYPES}")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block `layer` (0-based) holds a Mixture of Experts instead of the dense MLP."""
@@ -115,7 +164,7 @@ class GPTConfig:
         return [i for i in range(self.n_layer) if self.is_moe_layer(i)]
 
     @property
-    def hidden_size(self) -> int:
+    def expert_width(self) -> int:
         """Hidden width of one expert, `expert_hidden` when set.
 
         Otherwise the dense MLP's 4 * n_embd for GELU experts, and 8 * n_embd // 3 for SwiGLU experts:
@@ -125,6 +174,12 @@ class GPTConfig:
         if self.expert_hidden is not None:
             return self.expert_hidden
         return 4 * self.n_embd if self.expert_type == "gelu" else 8 * self.n_embd // 3
+
+    @property
+    def hidden_size(self) -> int:
+        """The old name of `expert_width` (kept for code written before Part 3). Not `transformers`'
+        `hidden_size`, which is the residual width, our `n_embd`."""
+        return self.expert_width
 
     @property
     def head_size(self) -> int:

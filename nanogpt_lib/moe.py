@@ -28,6 +28,10 @@ for that token, which still goes on through the residual connection (x + 0). Dro
 PyTorch does not need fixed shapes, so `dispatch_vectorised`'s buffer has as many rows as the fullest
 expert uses (at most `capacity`): the drops are those of a fixed buffer, the memory only what is used.
 
+Two dispatch implementations compute the same thing. `dispatch_loop` takes the experts one at a
+time (easy to read); `dispatch_vectorised` copies the kept tokens into one (E, S, C) buffer, runs
+all experts with two batched matrix products, and adds the results back (the default).
+
 Two auxiliary losses keep routing healthy; both are returned, never stored in a global:
 
     load balancing (Switch):  L_aux = E * sum_i f_i * P_i
@@ -36,14 +40,11 @@ Two auxiliary losses keep routing healthy; both are returned, never stored in a 
     L_aux = 1 when routing is perfectly balanced (f_i = P_i = 1/E); its ceiling is E / k, reached when
     every token sends its k choices to the same k experts (E for top-1: everything on one expert),
     since a token picks an expert at most once, so f_i <= 1/k. Only P carries gradient, pushing
-    probability away from crowded experts.
+    probability away from crowded experts. `transformers`' Mixtral, Qwen-MoE, OLMoE and gpt-oss count f
+    per token (k times this); DeepSeek-V3 computes it per sequence (see `load_balancing_loss`).
 
     router z-loss (ST-MoE):   L_z = mean over tokens of (logsumexp(logits))^2
     keeps the logits small, so the softmax does not saturate and float rounding stays harmless.
-
-Two dispatch implementations compute the same thing. `dispatch_loop` takes the experts one at a
-time (easy to read); `dispatch_vectorised` copies the kept tokens into one (E, S, C) buffer, runs
-all experts with two batched matrix products, and adds the results back (the default).
 
 Part 3: today's designs, each one setting of `GPTConfig` on top of the above.
 
@@ -52,21 +53,35 @@ Part 3: today's designs, each one setting of `GPTConfig` on top of the above.
     fine-grained experts (expert_hidden):    more, narrower experts with a larger k, same active size.
     shared experts (n_shared_expert = S):    y = sum_j w_j * expert_j(x) + shared(x)
         S always-active experts (DeepSeekMoE); stored as one expert S times as wide, which computes
-        the same sum (with one output bias instead of S).
+        the same sum (with one output bias instead of S). Qwen2-MoE (shared_expert_gate=True) scales
+        them by their own gate: + sigmoid(x w_g) * shared(x).
     sigmoid router (router_type="sigmoid"):  s_i = sigmoid(logit_i), each expert scored on its own
         (DeepSeek-V3); the chosen scores are renormalised for the weights, and P in L_aux uses s / sum(s).
         The z-loss, which bounds the softmax's normaliser, is 0 for a sigmoid router.
+    group-limited routing (n_group, topk_group), DeepSeek-V3: the E experts form n_group groups, a group
+        scores the sum of its 2 best experts, and a token picks its k experts inside its topk_group best
+        groups only (in training: experts of a group live on one device, so a token reaches few devices).
+    routed_scaling_factor = r, DeepSeek-V3:  y = r * sum_j w_j * expert_j(x) + shared(x)   (r = 2.5)
     auxiliary-loss-free balancing (bias_update_rate = u > 0), DeepSeek-V3:
-        top-k   = the k largest s_i + b_i      the bias b only decides which experts are chosen
+        top-k   = the k largest s_i + b_i      the balancing bias b only decides which experts are chosen
         w_j     = s_j (renormalised)           the weights use the unbiased scores
         after each optimisation step:  b_i <- b_i + u * sign(mean load - load_i)   (u = 0: b frozen)
         An overloaded expert becomes a little less attractive, an idle one more, with no loss term
-        and no gradient: the router's gradient stays the language model's alone.
+        and no gradient: the router's gradient stays the language model's alone. (This b is not a
+        Linear's bias; it is stored as the buffer `expert_bias` and called `balance_bias` in code.)
+    gpt-oss: a router with a Linear bias (router_bias=True), logits = x W_r + b_r; top-k of the logits,
+        softmax over those k only, which is the full softmax renormalised over the chosen k
+        (norm_topk_prob=True); experts with biases (bias=True) and a clamped SwiGLU
+        (expert_type="clamped_swiglu", see `Experts.activate`).
     `norm_topk_prob` chooses the weight convention: None (above), True (always renormalise:
-    Mixtral, DeepSeek-V3; with k = 1 the weight is then 1), False (raw scores: Switch, Qwen2-MoE).
+    Mixtral, Qwen3-MoE, DeepSeek-V3; with k = 1 the weight is then 1), False (raw scores: Switch,
+    Qwen2-MoE, OLMoE).
 
-Shapes: N = tokens (B * T), C = n_embd, E = experts, k = top_k, H = hidden width of an expert,
-S = buffer rows per expert.
+Shapes: N = tokens (B * T), C = n_embd, E = experts, k = top_k, H = hidden width of one expert
+(`GPTConfig.expert_width`), S = buffer rows per expert, G = n_group.
+
+The module reads in the order of a forward pass: routing, experts, dispatch, losses, the layer, and
+the balancing bias that runs after the optimiser's step.
 """
 
 from __future__ import annotations
@@ -78,98 +93,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import EXPERT_TYPES, ROUTER_TYPES, GPTConfig
-
-
-# ---------------------------------------------------------------- experts
-class BatchedLinear(nn.Module):
-    """E independent linear maps stored as one tensor: weight (E, in, out), bias (E, out)."""
-
-    def __init__(self, n_expert: int, in_features: int, out_features: int, bias: bool = True):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_expert, in_features, out_features))
-        self.bias = nn.Parameter(torch.empty(n_expert, out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """GPT-2's start for every expert alike: weights N(0, 0.02), biases 0."""
-        nn.init.normal_(self.weight, mean=0.0, std=0.02)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """All experts at once: (E, S, in) -> (E, S, out)."""
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # bias (E, 1, out) + x @ W
-
-    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert `expert` alone: (n, in) -> (n, out)."""
-        y = x @ self.weight[expert]
-        return y if self.bias is None else y + self.bias[expert]
-
-
-class Experts(nn.Module):
-    """E feed-forward experts, their weights batched along a first axis. Two kinds:
-
-    "gelu"    GPT-2's MLP:  y = W_proj gelu(W_fc x)                 c_fc (E, C, H), c_proj (E, H, C)
-    "swiglu"  gated MLP:    y = W_down (silu(W_gate x) * (W_up x))  gate_up_proj (E, C, 2H), down_proj (E, H, C)
-
-    SwiGLU (LLaMA, Mixtral, Qwen, DeepSeek) multiplies two projections of x, one passed through
-    silu(a) = a * sigmoid(a), so each hidden unit is a learned gate times a value. Its gate and up
-    matrices are stored side by side in one tensor (first H columns: gate, last H: up), so one
-    matrix product computes both, as `transformers`' Mixtral does.
-    """
-
-    def __init__(self, n_expert: int, n_embd: int, hidden: int, kind: str = "gelu", bias: bool = True,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.kind = kind
-        E, C, H = n_expert, n_embd, hidden
-        if kind == "gelu":
-            self.c_fc = BatchedLinear(E, C, H, bias=bias)
-            self.c_proj = BatchedLinear(E, H, C, bias=bias)
-        elif kind == "swiglu":
-            self.gate_up_proj = BatchedLinear(E, C, 2 * H, bias=bias)
-            self.down_proj = BatchedLinear(E, H, C, bias=bias)
-        else:
-            raise ValueError(f"expert kind {kind!r} is not known; choose one of {EXPERT_TYPES}")
-        self.dropout = nn.Dropout(dropout)
-
-    @classmethod
-    def routed(cls, config: GPTConfig) -> Experts:
-        """The E routed experts of an MoE layer."""
-        return cls(config.n_expert, config.n_embd, config.hidden_size, config.expert_type, config.bias,
-                   config.dropout)
-
-    @property
-    def linears(self) -> tuple[BatchedLinear, BatchedLinear]:
-        """(into the hidden layer, out of it), whatever the kind."""
-        return (self.c_fc, self.c_proj) if self.kind == "gelu" else (self.gate_up_proj, self.down_proj)
-
-    def activate(self, h: torch.Tensor) -> torch.Tensor:
-        """Between the two matrices: (..., H) -> (..., H) for GELU, (..., 2H) -> (..., H) for SwiGLU."""
-        if self.kind == "gelu":
-            return F.gelu(h, approximate="tanh")  # GPT-2's tanh form
-        gate, up = h.chunk(2, dim=-1)  # (..., H) each
-        return F.silu(gate) * up
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Every expert on its own rows: (E, S, C) -> (E, S, C)."""
-        fc, proj = self.linears
-        return self.dropout(proj(self.activate(fc(x))))
-
-    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
-        """One expert on the tokens sent to it: (n, C) -> (n, C)."""
-        fc, proj = self.linears
-        return self.dropout(proj.one(expert, self.activate(fc.one(expert, x))))
-
-    def params_per_expert(self) -> int:
-        return sum(p[0].numel() for p in self.parameters())
-
-    def matmul_weights_per_expert(self) -> int:
-        """Weights one expert multiplies with (its biases left out): what FLOP counts use."""
-        return sum(lin.weight[0].numel() for lin in self.linears)
+from .config import AUX_LOSS_TYPES, EXPERT_TYPES, ROUTER_TYPES, GPTConfig
 
 
 # ---------------------------------------------------------------- routing
@@ -217,14 +141,31 @@ def expert_capacity(n_tokens: int, n_expert: int, top_k: int, factor: float | No
     return min(n_tokens, math.ceil(factor * n_tokens * top_k / n_expert))
 
 
+def group_limit(choice: torch.Tensor, n_group: int, topk_group: int) -> torch.Tensor:
+    """DeepSeek-V3's group-limited routing: the choice scores (N, E) with every expert outside the
+    token's `topk_group` best groups set to -inf. The E experts form `n_group` groups of E / G in index
+    order; a group's score is the sum of its two best experts' choice scores."""
+    if n_group == 1:
+        return choice
+    N, E = choice.shape
+    grouped = choice.view(N, n_group, E // n_group)  # (N, G, E / G)
+    group_score = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (N, G)
+    best = group_score.topk(topk_group, dim=-1).indices  # (N, topk_group)
+    allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best, True)  # (N, G)
+    return grouped.masked_fill(~allowed.unsqueeze(-1), float("-inf")).view(N, E)
+
+
 def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str = "softmax",
-          bias: torch.Tensor | None = None, norm_topk_prob: bool | None = None) -> Routing:
+          balance_bias: torch.Tensor | None = None, norm_topk_prob: bool | None = None, n_group: int = 1,
+          topk_group: int = 1, routed_scaling_factor: float = 1.0) -> Routing:
     """Top-k choice, combine weights and capacity seats from router logits (N, E).
 
     `router_type` "softmax": scores are probabilities (Part 2, Mixtral); "sigmoid": each expert's
-    score is sigmoid(logit) on its own (DeepSeek-V3). `bias` (E,) is added to the scores for the
-    choice only, never to the weights (auxiliary-loss-free balancing). `norm_topk_prob` renormalises
-    the k chosen scores to sum 1; None does so only for k >= 2 (see the module docstring).
+    score is sigmoid(logit) on its own (DeepSeek-V3). `balance_bias` (E,) is added to the scores for the
+    choice only, never to the weights (auxiliary-loss-free balancing). `n_group` > 1 limits the choice
+    to each token's `topk_group` best groups (`group_limit`). `norm_topk_prob` renormalises the k chosen
+    scores to sum 1; None does so only for k >= 2 (see the module docstring). The weights are then
+    multiplied by `routed_scaling_factor`.
     """
     N, E = logits.shape
     if router_type == "softmax":
@@ -235,11 +176,14 @@ def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str =
         probs = scores / scores.sum(dim=-1, keepdim=True)  # (N, E): for the balancing loss and statistics
     else:
         raise ValueError(f"router_type={router_type!r} is not known; choose one of {ROUTER_TYPES}")
-    choice = scores if bias is None else scores + bias  # (N, E): the bias moves choices, not weights
+    choice = scores if balance_bias is None else scores + balance_bias  # (N, E): moves choices, not weights
+    choice = group_limit(choice, n_group, topk_group)  # (N, E): -inf outside the best groups
     experts = torch.topk(choice, top_k, dim=-1).indices  # (N, k), most preferred first
     top = scores.gather(1, experts)  # (N, k): the unbiased scores of the chosen experts
     renormalise = top_k > 1 if norm_topk_prob is None else norm_topk_prob
     weights = top / top.sum(dim=-1, keepdim=True) if renormalise else top  # (N, k)
+    if routed_scaling_factor != 1.0:
+        weights = weights * routed_scaling_factor
     # Seats, first choices first: order the N * k choices choice-major, then count, for each one,
     # how many earlier choices went to the same expert.
     order = experts.t().reshape(-1)  # (k * N,): all first choices, then all second choices, ...
@@ -250,27 +194,113 @@ def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str =
                    kept=slot < capacity, capacity=capacity)
 
 
-LOSS_CONVENTIONS = ("switch", "mixtral")
+# ---------------------------------------------------------------- experts
+
+class BatchedLinear(nn.Module):
+    """E independent linear maps stored as one tensor: weight (E, in, out), bias (E, out)."""
+
+    def __init__(self, n_expert: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_expert, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_expert, out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's start for every expert alike: weights N(0, 0.02), biases 0."""
+        nn.init.normal_(self.weight, mean=0.0, std=0.02)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All experts at once: (E, S, in) -> (E, S, out)."""
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # bias (E, 1, out) + x @ W
+
+    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert `expert` alone: (n, in) -> (n, out)."""
+        y = x @ self.weight[expert]
+        return y if self.bias is None else y + self.bias[expert]
 
 
-def load_balancing_loss(routing: Routing, convention: str = "switch") -> torch.Tensor:
-    """Switch Transformer's E * sum_i f_i * P_i: 1 when balanced, at most E / k (all on k experts).
+class Experts(nn.Module):
+    """E feed-forward experts, their weights batched along a first axis. Three kinds:
 
-    `convention="mixtral"` is the same loss as `transformers`' `load_balancing_loss_func`, whose
-    f_i counts choices per token instead of per choice (f sums to k, not 1): k times the Switch
-    value, so k at balance. Its pooling over layers is the loss of the layers' logits concatenated.
+    "gelu"            GPT-2's MLP:  y = W_proj gelu(W_fc x)                 c_fc (E, C, H), c_proj (E, H, C)
+    "swiglu"          gated MLP:    y = W_down (silu(W_gate x) * (W_up x))  gate_up_proj (E, C, 2H), down_proj (E, H, C)
+    "clamped_swiglu"  gpt-oss's gated MLP (same tensors), see `activate`
+
+    SwiGLU (LLaMA, Mixtral, Qwen, DeepSeek) multiplies two projections of x, one passed through
+    silu(a) = a * sigmoid(a), so each hidden unit is a learned gate times a value. Its gate and up
+    matrices are stored side by side in one tensor (first H columns: gate, last H: up), so one
+    matrix product computes both, as `transformers`' Mixtral does.
     """
-    if convention not in LOSS_CONVENTIONS:
-        raise ValueError(f"convention={convention!r} is not known; choose one of {LOSS_CONVENTIONS}")
-    f = routing.expert_share()  # (E,) counts: no gradient
-    P = routing.probs.mean(dim=0)  # (E,) differentiable
-    loss = routing.n_expert * torch.sum(f * P)
-    return loss * routing.top_k if convention == "mixtral" else loss
 
+    def __init__(self, n_expert: int, n_embd: int, hidden: int, kind: str = "gelu", bias: bool = True,
+                 dropout: float = 0.0, swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0):
+        super().__init__()
+        self.kind = kind
+        self.swiglu_alpha, self.swiglu_limit = swiglu_alpha, swiglu_limit
+        E, C, H = n_expert, n_embd, hidden
+        if kind == "gelu":
+            self.c_fc = BatchedLinear(E, C, H, bias=bias)
+            self.c_proj = BatchedLinear(E, H, C, bias=bias)
+        elif kind in ("swiglu", "clamped_swiglu"):
+            self.gate_up_proj = BatchedLinear(E, C, 2 * H, bias=bias)
+            self.down_proj = BatchedLinear(E, H, C, bias=bias)
+        else:
+            raise ValueError(f"expert kind {kind!r} is not known; choose one of {EXPERT_TYPES}")
+        self.dropout = nn.Dropout(dropout)
 
-def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """ST-MoE's mean of logsumexp(logits)^2 over tokens: small logits, stable softmax."""
-    return torch.logsumexp(logits, dim=-1).square().mean()
+    @classmethod
+    def routed(cls, config: GPTConfig) -> Experts:
+        """The E routed experts of an MoE layer."""
+        return cls(config.n_expert, config.n_embd, config.expert_width, config.expert_type, config.bias,
+                   config.dropout, config.swiglu_alpha, config.swiglu_limit)
+
+    @classmethod
+    def shared(cls, config: GPTConfig) -> Experts:
+        """The S shared experts of an MoE layer, as one expert S times as wide (the same sum)."""
+        return cls(1, config.n_embd, config.n_shared_expert * config.expert_width, config.expert_type,
+                   config.bias, config.dropout, config.swiglu_alpha, config.swiglu_limit)
+
+    @property
+    def linears(self) -> tuple[BatchedLinear, BatchedLinear]:
+        """(into the hidden layer, out of it), whatever the kind."""
+        return (self.c_fc, self.c_proj) if self.kind == "gelu" else (self.gate_up_proj, self.down_proj)
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """Between the two matrices: (..., H) -> (..., H) for GELU, (..., 2H) -> (..., H) for SwiGLU.
+
+        gpt-oss's clamped SwiGLU bounds both halves (limit l = 7) and adds 1 to the value:
+            gate <- min(gate, l),  up <- clamp(up, -l, l),  h = (up + 1) * gate * sigmoid(alpha * gate)
+        with alpha = 1.702, which makes gate * sigmoid(alpha * gate) close to GELU.
+        """
+        if self.kind == "gelu":
+            return F.gelu(h, approximate="tanh")  # GPT-2's tanh form
+        gate, up = h.chunk(2, dim=-1)  # (..., H) each
+        if self.kind == "swiglu":
+            return F.silu(gate) * up
+        gate = gate.clamp(max=self.swiglu_limit)
+        up = up.clamp(-self.swiglu_limit, self.swiglu_limit)
+        return (up + 1) * gate * torch.sigmoid(self.swiglu_alpha * gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on its own rows: (E, S, C) -> (E, S, C)."""
+        fc, proj = self.linears
+        return self.dropout(proj(self.activate(fc(x))))
+
+    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """One expert on the tokens sent to it: (n, C) -> (n, C)."""
+        fc, proj = self.linears
+        return self.dropout(proj.one(expert, self.activate(fc.one(expert, x))))
+
+    def params_per_expert(self) -> int:
+        return sum(p[0].numel() for p in self.parameters())
+
+    def matmul_weights_per_expert(self) -> int:
+        """Weights one expert multiplies with (its biases left out): what FLOP counts use."""
+        return sum(lin.weight[0].numel() for lin in self.linears)
 
 
 # --------------------------------------------------------------- dispatch
@@ -306,6 +336,52 @@ def dispatch_vectorised(x: torch.Tensor, routing: Routing, experts: Experts) -> 
 DISPATCH = {"vectorised": dispatch_vectorised, "loop": dispatch_loop}
 
 
+# ----------------------------------------------------------------- losses
+LOSS_CONVENTIONS = AUX_LOSS_TYPES  # the old name
+
+
+def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: int | None = None) -> torch.Tensor:
+    """The balancing loss of `routing`, in one of four conventions (GPTConfig.aux_loss_type):
+
+    "switch"    Switch Transformer's E * sum_i f_i * P_i, f_i the share of the N * k choices that
+                picked expert i (f sums to 1): 1 when balanced, at most E / k (all on k experts).
+    "mixtral"   `transformers`' `load_balancing_loss_func`, whose f_i counts choices per token
+                (f sums to k): k times the Switch value, k at balance. Its pooling over layers is the
+                loss of the layers' logits concatenated.
+    "qwen"      the same function: Qwen2-MoE's and Qwen3-MoE's modules in `transformers` (and OLMoE's,
+                gpt-oss's) carry identical copies of it; the name is here for readers coming from Qwen.
+    "sequence"  DeepSeek-V3's sequence-wise loss: Switch's value on each sequence of `seq_len` tokens
+                on its own, averaged over the sequences. In the paper's notation, per sequence of T tokens,
+                    f_i = E / (k T) * sum_t 1[i chosen by t],   P_i = 1/T sum_t s'_{i,t},   L = sum_i f_i P_i
+                with s' the scores normalised to sum 1 (our `probs`). It punishes a sequence that
+                crowds a few experts even when the batch as a whole is balanced.
+
+    Only P carries gradient. The N tokens are the B sequences one after the other (B * T, as the
+    layer flattens them).
+    """
+    if convention not in AUX_LOSS_TYPES:
+        raise ValueError(f"convention={convention!r} is not known; choose one of {AUX_LOSS_TYPES}")
+    E = routing.n_expert
+    if convention == "sequence":
+        N = routing.probs.shape[0]
+        if seq_len is None or seq_len < 1 or N % seq_len:
+            raise ValueError(f"seq_len={seq_len!r}: the sequence-wise loss needs the length of the sequences, "
+                             f"a divisor of the N={N} tokens")
+        chosen = F.one_hot(routing.experts, E).sum(dim=1).float()  # (N, E): 1 where a token chose the expert
+        f = chosen.view(-1, seq_len, E).mean(dim=1) / routing.top_k  # (B, E) share of each sequence's choices
+        P = routing.probs.view(-1, seq_len, E).mean(dim=1)  # (B, E) differentiable
+        return E * (f * P).sum(dim=-1).mean()
+    f = routing.expert_share()  # (E,) counts: no gradient
+    P = routing.probs.mean(dim=0)  # (E,) differentiable
+    loss = E * torch.sum(f * P)
+    return loss if convention == "switch" else loss * routing.top_k
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE's mean of logsumexp(logits)^2 over tokens: small logits, stable softmax."""
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
 # ----------------------------------------------------------------- layer
 @dataclass
 class LayerStats:
@@ -315,7 +391,7 @@ class LayerStats:
     dropped: float  # share of choices over capacity
     entropy: float  # mean router entropy in nats (ln E: uniform; 0: certain)
     max_prob: float  # mean probability of the top expert
-    bias: list[float] | None = None  # the balancing bias used for this batch's choices (None: no bias)
+    balance_bias: list[float] | None = None  # the balancing bias used for this batch's choices (None: none)
 
 
 @dataclass
@@ -332,12 +408,13 @@ class MoE(nn.Module):
     expert with weight 1, and the block computes exactly what the dense MLP does.
 
     Part 3's options, each one setting (see the module docstring): SwiGLU experts, shared experts
-    that every token uses, a sigmoid router, and a balancing bias updated by `update_bias` after each
+    that every token uses (optionally gated), a sigmoid router, group-limited routing, scaled routed
+    weights, a router with a bias, and a balancing bias updated by `update_balance_bias` after each
     optimisation step. `train_step` and the corpus loop call `update_expert_biases` for you; a loop of
     your own calls it after each `optimizer.step()`. Only training-mode forwards with gradients enabled
     count towards the load, so evaluation, generation and `torch.no_grad()` inspections do not.
-    A sigmoid router always holds the bias (a zero one, frozen, when the rate is 0: a learned bias can
-    be kept fixed, as DeepSeek-V3 did at the end of its training).
+    A sigmoid router always holds the balancing bias (a zero one, frozen, when the rate is 0: a learned
+    bias can be kept fixed, as DeepSeek-V3 did at the end of its training).
     """
 
     def __init__(self, config: GPTConfig):
@@ -347,21 +424,31 @@ class MoE(nn.Module):
         self.noise = config.router_noise
         self.dispatch = config.moe_dispatch
         self.router_type, self.norm_topk_prob = config.router_type, config.norm_topk_prob
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.aux_loss_type = config.aux_loss_type
         self.bias_update_rate = config.bias_update_rate
-        self.router = nn.Linear(config.n_embd, config.n_expert, bias=False) if config.n_expert > 1 else None
+        self.router = None
+        if config.n_expert > 1:
+            self.router = nn.Linear(config.n_embd, config.n_expert, bias=config.router_bias)
         self.experts = Experts.routed(config)
-        self.shared_experts = None
-        if config.n_shared_expert > 0:  # N shared experts of width H are one MLP of width N * H
-            self.shared_experts = Experts(1, config.n_embd, config.n_shared_expert * config.hidden_size,
-                                          config.expert_type, config.bias, config.dropout)
+        self.shared_experts = Experts.shared(config) if config.n_shared_expert > 0 else None
+        # Qwen2-MoE: the shared experts' output times sigmoid(x w_g), a gate of their own
+        self.shared_expert_gate = nn.Linear(config.n_embd, 1, bias=False) if config.shared_expert_gate else None
         if config.router_type == "sigmoid" or self.bias_update_rate > 0:
-            # a buffer: saved in checkpoints, never touched by the optimiser; with rate 0 it stays frozen
+            # the balancing bias: a buffer, saved in checkpoints, never touched by the optimiser; with rate 0
+            # it stays frozen. Its name `expert_bias` is the one checkpoints hold.
             self.register_buffer("expert_bias", torch.zeros(config.n_expert))
         else:
             self.expert_bias = None
-        # (E,) choices per expert since the last update_bias. A plain attribute, not a buffer: DDP would
+        # (E,) choices per expert since the last update. A plain attribute, not a buffer: DDP would
         # overwrite every rank's count with rank 0's at each forward.
         self.load: torch.Tensor | None = None
+
+    @property
+    def balance_bias(self) -> torch.Tensor | None:
+        """(E,) the auxiliary-loss-free balancing bias (stored as the buffer `expert_bias`), or None."""
+        return self.expert_bias
 
     def forward(self, x: torch.Tensor, collect: bool = True) -> tuple[torch.Tensor, MoELayerOutput | None]:
         """(B, T, C) -> (B, T, C), and the layer's losses and statistics (None with `collect=False`:
@@ -370,8 +457,11 @@ class MoE(nn.Module):
         flat = x.reshape(B * T, C)  # (N, C): routing ignores the batch and time axes
         routing = self.route(flat)
         y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
-        if self.shared_experts is not None:  # every token, weight 1
-            y = y + self.shared_experts(flat.unsqueeze(0)).squeeze(0)  # (1, N, C) -> (N, C)
+        if self.shared_experts is not None:  # every token, weight 1 (or its own gate)
+            shared = self.shared_experts(flat.unsqueeze(0)).squeeze(0)  # (1, N, C) -> (N, C)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(flat)) * shared  # (N, 1) * (N, C)
+            y = y + shared
         if self.bias_update_rate > 0 and self.training and torch.is_grad_enabled():  # training forwards only
             counts = routing.expert_counts().to(self.expert_bias.dtype)  # (E,)
             self.load = counts if self.load is None else self.load.to(counts.device) + counts
@@ -379,8 +469,8 @@ class MoE(nn.Module):
         if collect:
             # z-loss bounds the softmax's normaliser; a sigmoid router has none (it would only push logits down)
             z_loss = router_z_loss(routing.logits) if self.router_type == "softmax" else x.new_zeros(())
-            out = MoELayerOutput(aux_loss=load_balancing_loss(routing), z_loss=z_loss,
-                                 stats=layer_stats(routing, self.expert_bias))
+            aux_loss = load_balancing_loss(routing, self.aux_loss_type, seq_len=T)
+            out = MoELayerOutput(aux_loss=aux_loss, z_loss=z_loss, stats=layer_stats(routing, self.expert_bias))
         return y.view(B, T, C), out
 
     def route(self, x: torch.Tensor) -> Routing:
@@ -395,10 +485,12 @@ class MoE(nn.Module):
                 logits = logits + self.noise * torch.randn_like(logits)
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
         return route(logits, self.top_k, expert_capacity(x.shape[0], self.n_expert, self.top_k, factor),
-                     router_type=router_type, bias=self.expert_bias, norm_topk_prob=self.norm_topk_prob)
+                     router_type=router_type, balance_bias=self.expert_bias, norm_topk_prob=self.norm_topk_prob,
+                     n_group=self.n_group, topk_group=self.topk_group,
+                     routed_scaling_factor=self.routed_scaling_factor)
 
     @torch.no_grad()
-    def update_bias(self) -> None:
+    def update_balance_bias(self) -> None:
         """Auxiliary-loss-free balancing (DeepSeek-V3): after an optimisation step, raise the bias of
         each expert that got fewer choices than the mean, lower it for those that got more.
 
@@ -412,14 +504,17 @@ class MoE(nn.Module):
         load = self.load
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)  # every rank gets the same load, hence the same bias
-        self.expert_bias += bias_step(load, self.bias_update_rate)
+        self.expert_bias += balance_bias_step(load, self.bias_update_rate)
         self.load = None
 
+    update_bias = update_balance_bias  # the old name
+
     def active_params(self) -> int:
-        """Parameters one token uses: the router, k of the E experts, and the shared experts."""
-        router = 0 if self.router is None else self.router.weight.numel()
+        """Parameters one token uses: the router, k of the E experts, and the shared experts (and their gate)."""
+        router = 0 if self.router is None else sum(p.numel() for p in self.router.parameters())
         shared = 0 if self.shared_experts is None else self.shared_experts.params_per_expert()
-        return router + self.top_k * self.experts.params_per_expert() + shared
+        gate = 0 if self.shared_expert_gate is None else self.shared_expert_gate.weight.numel()
+        return router + self.top_k * self.experts.params_per_expert() + shared + gate
 
     def matmul_weights_per_token(self) -> int:
         """Expert weights one token multiplies with (router excluded): k routed experts and the shared ones."""
@@ -427,68 +522,15 @@ class MoE(nn.Module):
         return self.top_k * self.experts.matmul_weights_per_expert() + shared
 
 
-def bias_step(load: torch.Tensor, rate: float) -> torch.Tensor:
-    """DeepSeek-V3's bias change for an observed load (E,): +rate below the mean load, -rate above it."""
-    return rate * torch.sign(load.mean() - load)
-
-
-def simulate_bias_balancing(scores: torch.Tensor, top_k: int, rate: float, steps: int) -> list[float]:
-    """The bias rule alone on a frozen router: each step chooses top-k of `scores + bias` (N, E), counts
-    the load and applies `bias_step`. Returns the imbalance (busiest expert over the fair share) before
-    each step and after the last one: steps + 1 values. No training, only the balancing mechanism."""
-    if steps < 0 or not 0 <= rate < math.inf:
-        raise ValueError(f"steps={steps}, rate={rate}: steps must be >= 0 and rate a finite number >= 0")
-    bias = torch.zeros(scores.shape[1])
-    history = []
-    for _ in range(steps + 1):
-        experts = torch.topk(scores + bias, top_k, dim=-1).indices  # (N, k)
-        load = torch.bincount(experts.flatten(), minlength=scores.shape[1]).float()  # (E,)
-        history.append(imbalance(load / load.sum()))
-        bias += bias_step(load, rate)
-    return history
-
-
-def update_expert_biases(model: nn.Module) -> None:
-    """`MoE.update_bias` for every MoE layer of `model` that balances with a bias (after optimizer.step())."""
-    for module in model.modules():
-        if isinstance(module, MoE):
-            module.update_bias()
-
-
-def imbalance(share) -> float:
-    """Busiest expert's share over the fair share 1/E: 1.0 is perfect balance, E / k is total collapse
-    (a token picks an expert at most once, so an expert gets at most 1/k of the N * k choices)."""
-    share = [float(v) for v in share]
-    return max(share) * len(share)
-
-
-def mean_imbalance(records: list[dict]) -> list[float]:
-    """Per MoE layer, the mean `imbalance` over a run's routing records (`History.moe`)."""
-    if not records:
-        raise ValueError("no routing records: was the model dense, or the run empty?")
-    layers = len(records[0]["share"])
-    return [sum(imbalance(r["share"][i]) for r in records) / len(records) for i in range(layers)]
-
-
-def balance_summary(records: list[dict]) -> tuple[float, float]:
-    """(imbalance, dropped) of routing records (`History.moe`), each averaged over the MoE layers and
-    the records: the busiest expert's share over the fair share, and the share of choices over capacity."""
-    per_layer = mean_imbalance(records)
-    layers = len(per_layer)
-    dropped = sum(sum(r["dropped"]) for r in records) / (len(records) * layers)
-    return sum(per_layer) / layers, dropped
-
-
 @torch.no_grad()
-def layer_stats(routing: Routing, bias: torch.Tensor | None = None) -> LayerStats:
+def layer_stats(routing: Routing, balance_bias: torch.Tensor | None = None) -> LayerStats:
     p = routing.probs
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
     return LayerStats(share=routing.expert_share().cpu(), dropped=float(routing.dropped_fraction),
                       entropy=float(entropy), max_prob=float(p.max(dim=-1).values.mean()),
-                      bias=None if bias is None else bias.tolist())
+                      balance_bias=None if balance_bias is None else balance_bias.tolist())
 
 
-# ------------------------------------------------------------------ model
 @dataclass
 class MoEOutput:
     """The MoE side of a forward pass: losses averaged over the MoE layers, and each layer's stats.
@@ -513,7 +555,8 @@ class MoEOutput:
                    layers=[o.stats for o in outputs])
 
     def record(self) -> dict:
-        """Plain numbers for a training log: losses, and per layer the shares, drops, entropy (and bias)."""
+        """Plain numbers for a training log: losses, and per layer the shares, drops, entropy (and the
+        balancing bias, under the key "bias" that saved logs use)."""
         record = {
             "aux_loss": float(self.aux_loss.detach()),
             "z_loss": float(self.z_loss.detach()),
@@ -522,6 +565,62 @@ class MoEOutput:
             "entropy": [s.entropy for s in self.layers],
             "max_prob": [s.max_prob for s in self.layers],
         }
-        if any(s.bias is not None for s in self.layers):
-            record["bias"] = [s.bias for s in self.layers]
+        if any(s.balance_bias is not None for s in self.layers):
+            record["bias"] = [s.balance_bias for s in self.layers]
         return record
+
+
+# ---------------------------------------------------------- balancing bias
+def balance_bias_step(load: torch.Tensor, rate: float) -> torch.Tensor:
+    """DeepSeek-V3's bias change for an observed load (E,): +rate below the mean load, -rate above it."""
+    return rate * torch.sign(load.mean() - load)
+
+
+bias_step = balance_bias_step  # the old name
+
+
+def update_expert_biases(model: nn.Module) -> None:
+    """`MoE.update_balance_bias` for every MoE layer of `model` that balances with a bias (after optimizer.step())."""
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.update_balance_bias()
+
+
+def simulate_bias_balancing(scores: torch.Tensor, top_k: int, rate: float, steps: int) -> list[float]:
+    """The bias rule alone on a frozen router: each step chooses top-k of `scores + bias` (N, E), counts
+    the load and applies `balance_bias_step`. Returns the imbalance (busiest expert over the fair share)
+    before each step and after the last one: steps + 1 values. No training, only the balancing mechanism."""
+    if steps < 0 or not 0 <= rate < math.inf:
+        raise ValueError(f"steps={steps}, rate={rate}: steps must be >= 0 and rate a finite number >= 0")
+    balance_bias = torch.zeros(scores.shape[1])
+    history = []
+    for _ in range(steps + 1):
+        experts = torch.topk(scores + balance_bias, top_k, dim=-1).indices  # (N, k)
+        load = torch.bincount(experts.flatten(), minlength=scores.shape[1]).float()  # (E,)
+        history.append(imbalance(load / load.sum()))
+        balance_bias += balance_bias_step(load, rate)
+    return history
+
+
+def imbalance(share) -> float:
+    """Busiest expert's share over the fair share 1/E: 1.0 is perfect balance, E / k is total collapse
+    (a token picks an expert at most once, so an expert gets at most 1/k of the N * k choices)."""
+    share = [float(v) for v in share]
+    return max(share) * len(share)
+
+
+def mean_imbalance(records: list[dict]) -> list[float]:
+    """Per MoE layer, the mean `imbalance` over a run's routing records (`History.moe`)."""
+    if not records:
+        raise ValueError("no routing records: was the model dense, or the run empty?")
+    layers = len(records[0]["share"])
+    return [sum(imbalance(r["share"][i]) for r in records) / len(records) for i in range(layers)]
+
+
+def balance_summary(records: list[dict]) -> tuple[float, float]:
+    """(imbalance, dropped) of routing records (`History.moe`), each averaged over the MoE layers and
+    the records: the busiest expert's share over the fair share, and the share of choices over capacity."""
+    per_layer = mean_imbalance(records)
+    layers = len(per_layer)
+    dropped = sum(sum(r["dropped"]) for r in records) / (len(records) * layers)
+    return sum(per_layer) / layers, dropped

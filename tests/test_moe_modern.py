@@ -235,8 +235,6 @@ def test_moe_with_sigmoid_router_and_shared_experts_equals_deepseek_v3_moe_block
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(n_group=2, topk_group=1), "n_group=2"),
-    (dict(routed_scaling_factor=2.5), "routed_scaling_factor=2.5"),
     (dict(hidden_act="gelu"), "only silu experts convert"),
 ])
 def test_deepseek_settings_without_a_counterpart_are_refused(overrides, message):
@@ -247,10 +245,10 @@ def test_deepseek_settings_without_a_counterpart_are_refused(overrides, message)
 
 def test_parity_checks_report_float_rounding_only():
     checks = parity_checks(seed=0)
-    assert len(checks) == 5
+    assert len(checks) == 19
     for check in checks:
         assert check.max_abs_diff <= 1e-5 * max(1.0, check.max_abs_value), check
-        assert check.max_abs_value > 0.1  # compared values of a meaningful size
+        assert check.max_abs_value > 0.01  # compared values of a meaningful size
     routers = [c for c in checks if c.same_choices is not None]
     assert len(routers) == 1 and routers[0].same_choices
 
@@ -260,7 +258,7 @@ def test_the_bias_moves_choices_but_never_weights():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     for router_type in ("softmax", "sigmoid"):
         plain = route(logits, 1, 1, router_type=router_type)
-        pushed = route(logits, 1, 1, router_type=router_type, bias=torch.tensor([0.0, 0.0, 0.0, 5.0]))
+        pushed = route(logits, 1, 1, router_type=router_type, balance_bias=torch.tensor([0.0, 0.0, 0.0, 5.0]))
         assert plain.experts.item() == 0 and pushed.experts.item() == 3
         scores = logits.softmax(-1) if router_type == "softmax" else logits.sigmoid()
         torch.testing.assert_close(pushed.weights[0, 0], scores[0, 3])  # k = 1: the unbiased score itself
