@@ -25,6 +25,7 @@ import torch
 
 from .config import GPTConfig
 from .model import GPT, Block
+from .moe import MoE
 
 FP32_BYTES = 4
 
@@ -192,3 +193,23 @@ def time_forward(model: GPT, batch_size: int = 1, seq_len: int | None = None, re
     finally:
         model.train(was_training)
     return 1000 * statistics.median(times)
+
+
+@dataclass(frozen=True)
+class MoELayerCost:
+    """One MoE layer of `config`, counted on the meta device: what it stores and what one token uses."""
+
+    params: int  # router, the E routed experts, the shared experts (and their gate)
+    active_params: int  # router, k routed experts, shared experts (and gate)
+    matmul_weights_per_token: int  # weights a token multiplies with: router, k routed and the shared experts
+
+
+def moe_layer_cost(config: GPTConfig) -> MoELayerCost:
+    """Parameter and per-token counts of one MoE layer of `config`, without allocating its weights.
+    With n_expert=1 and top_k=1 the layer has no router: it is a dense MLP of width `expert_width`."""
+    with torch.device("meta"):
+        layer = MoE(config)
+    router = 0 if layer.router is None else layer.router.weight.numel()
+    gate = 0 if layer.shared_expert_gate is None else layer.shared_expert_gate.weight.numel()
+    return MoELayerCost(params=sum(p.numel() for p in layer.parameters()), active_params=layer.active_params(),
+                        matmul_weights_per_token=router + gate + layer.matmul_weights_per_token())

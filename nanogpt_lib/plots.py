@@ -529,3 +529,27 @@ def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts
     ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def plot_active_vs_total(rows: Sequence) -> Figure:
+    """Released MoE models (`real_models.table()` rows): active parameters per token against total
+    parameters, both on log scales, with dashed lines where a token uses 1/4, 1/10 and 1/30 of the model."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    totals = [r.total / 1e9 for r in rows]
+    actives = [r.active / 1e9 for r in rows]
+    low, high = min(totals) / 1.6, max(totals) * 1.6
+    for share in (4, 10, 30):
+        ax.plot([low, high], [low / share, high / share], ls="--", lw=0.8, color="lightgray", zorder=0)
+        ax.text(high / 1.08, high / share / 1.08, f"1/{share}", ha="right", va="top", fontsize=8, color="gray")
+    ax.scatter(totals, actives, color="tab:blue", zorder=2)
+    for r, x, y in zip(rows, totals, actives, strict=True):
+        label = f"{r.model.name}\n{r.model.n_expert} experts, top-{r.model.top_k}" + (
+            f" + {r.model.n_shared_expert} shared" if r.model.n_shared_expert else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -4), fontsize=7.5, va="top")
+    ax.set(xscale="log", yscale="log", xlim=(low, high * 1.2),
+           xlabel="total parameters (billions, log scale)",
+           ylabel="active parameters per token (billions, log scale)",
+           title="Released MoE models: what a token uses against what is stored")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    return fig
