@@ -532,21 +532,23 @@ def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts
 
 
 def plot_active_vs_total(rows: Sequence) -> Figure:
-    """Released MoE models (`real_models.table()` rows): active parameters per token against total
+    """Released MoE models (`real_models.table()` rows): active parameters per token (as published) against total
     parameters, both on log scales, with dashed lines where a token uses 1/4, 1/10 and 1/30 of the model."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     totals = [r.total / 1e9 for r in rows]
-    actives = [r.active / 1e9 for r in rows]
-    low, high = min(totals) / 1.6, max(totals) * 1.6
+    actives = [r.active_as_published / 1e9 for r in rows]  # in each publisher's convention
+    low, high = min(totals) / 8, max(totals) * 5  # room for the labels on both sides
     for share in (4, 10, 30):
         ax.plot([low, high], [low / share, high / share], ls="--", lw=0.8, color="lightgray", zorder=0)
-        ax.text(high / 1.08, high / share / 1.08, f"1/{share}", ha="right", va="top", fontsize=8, color="gray")
+        ax.text(low * 1.15, low / share * 1.35, f"1/{share}", fontsize=8, color="gray")
     ax.scatter(totals, actives, color="tab:blue", zorder=2)
     for r, x, y in zip(rows, totals, actives, strict=True):
         label = f"{r.model.name}\n{r.model.n_expert} experts, top-{r.model.top_k}" + (
             f" + {r.model.n_shared_expert} shared" if r.model.n_shared_expert else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, -4), fontsize=7.5, va="top")
-    ax.set(xscale="log", yscale="log", xlim=(low, high * 1.2),
+        left = y / x > 0.15  # the upper points labelled on their left, the lower ones on their right
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-7, 3) if left else (7, -3), fontsize=7.5,
+                    ha="right" if left else "left", va="bottom" if left else "top")
+    ax.set(xscale="log", yscale="log", xlim=(low, high),
            xlabel="total parameters (billions, log scale)",
            ylabel="active parameters per token (billions, log scale)",
            title="Released MoE models: what a token uses against what is stored")

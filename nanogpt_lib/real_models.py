@@ -19,10 +19,10 @@ layer the router, k routed experts and the shared ones. Publishers differ on one
 count for gpt-oss leaves out the input embedding (a lookup, no arithmetic) and keeps the unembedding;
 the others count both. `ModelRow.active_as_published` follows each publisher's convention.
 
-Forward FLOPs per token: 2 per weight a token
-multiplies with (attention projections, router, k + shared experts, dense MLPs, lm_head; not the input
-embedding, a lookup), plus attention's scores and weighted sum, 2 T (d_qk + d_v) per head per layer at
-context T (no discount for the causal mask), as `GPT.flops_per_token` counts.
+Forward FLOPs per token: 2 per weight a token multiplies with (attention projections, router, k + shared
+experts, dense MLPs, lm_head; not the input embedding, a lookup), plus attention's scores and weighted
+sum, 2 T (d_qk + d_v) per head per layer at context T (no discount for the causal mask), as
+`GPT.flops_per_token` counts.
 """
 
 from __future__ import annotations
