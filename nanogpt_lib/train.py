@@ -24,7 +24,7 @@ from . import corpus_cli
 from .checkpoint import save_checkpoint
 from .checkup import checkup_callback
 from .cli_errors import run_cli
-from .config import DISPATCHES, EXPERT_TYPES, ROUTER_TYPES, GPTConfig, part1_config
+from .config import AUX_LOSS_TYPES, DISPATCHES, EXPERT_TYPES, ROUTER_TYPES, GPTConfig, part1_config
 from .costs import check_fits
 from .data import bundled_paragraph, encode, read_text, shift_targets
 from .evaluation import continue_text, evaluate
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vectorised (batched) or loop (one expert at a time; same results, slower)")
     modern = p.add_argument_group("today's MoE designs (Part 3; the defaults are Part 2's MoE)")
     modern.add_argument("--expert-type", choices=EXPERT_TYPES, default=_P1.expert_type,
-                        help="gelu (GPT-2 MLP) or swiglu (gated, as Mixtral, Qwen and DeepSeek)")
+                        help="gelu (GPT-2 MLP), swiglu (gated: Mixtral, Qwen, DeepSeek), clamped_swiglu (gpt-oss)")
     modern.add_argument("--n-shared-expert", type=int, default=_P1.n_shared_expert,
                         help="always-active experts per MoE layer, added to the routed ones")
     modern.add_argument("--router-type", choices=ROUTER_TYPES, default=_P1.router_type,
@@ -86,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="renormalise the k chosen weights: true, false, or none (only when top_k >= 2)")
     modern.add_argument("--bias-update-rate", type=float, default=_P1.bias_update_rate,
                         help="auxiliary-loss-free balancing: bias change per step (0: off)")
+    modern.add_argument("--n-group", type=int, default=_P1.n_group,
+                        help="DeepSeek-V3: experts in n_group groups; tokens choose within their best topk_group")
+    modern.add_argument("--topk-group", type=int, default=_P1.topk_group, help="groups a token may choose from")
+    modern.add_argument("--routed-scaling-factor", type=float, default=_P1.routed_scaling_factor,
+                        help="DeepSeek-V3: routed experts' weights times this (1: unchanged)")
+    modern.add_argument("--router-bias", action=argparse.BooleanOptionalAction, default=_P1.router_bias,
+                        help="gpt-oss: a bias in the router's Linear")
+    modern.add_argument("--swiglu-alpha", type=float, default=_P1.swiglu_alpha,
+                        help="clamped_swiglu: gate * sigmoid(alpha * gate)")
+    modern.add_argument("--swiglu-limit", type=float, default=_P1.swiglu_limit,
+                        help="clamped_swiglu: gate <= limit, up in [-limit, limit]")
+    modern.add_argument("--shared-expert-gate", action=argparse.BooleanOptionalAction,
+                        default=_P1.shared_expert_gate, help="Qwen2-MoE: shared experts times sigmoid(x w_g)")
+    modern.add_argument("--aux-loss-type", choices=AUX_LOSS_TYPES, default=_P1.aux_loss_type,
+                        help="balancing loss: switch, mixtral / qwen (k x switch), sequence (DeepSeek-V3)")
     train = p.add_argument_group("training (TrainConfig)")
     train.add_argument("--epochs", type=int, default=_TC.epochs, help="optimisation steps on the whole text")
     train.add_argument("--lr", type=float, default=_TC.lr, help="AdamW learning rate")
