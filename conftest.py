@@ -24,6 +24,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
 
+# The Machado corpus is not in the repository (nanogpt_lib/corpora.py): tests and notebook runs read the
+# local copy beside the project when there is one, through the variable the loader reads (.ci/run sets it).
+_MACHADO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "shared", "corpora", "machado")
+if not os.environ.get("NANOGPT_MACHADO_DIR") and os.path.isdir(_MACHADO):
+    os.environ["NANOGPT_MACHADO_DIR"] = os.path.normpath(_MACHADO)
+
 from tests.nbval_tolerance import install  # noqa: E402
 
 install()

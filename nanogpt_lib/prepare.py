@@ -2,13 +2,16 @@
 
     python -m nanogpt_lib.prepare --out data/bundled              # the bundled corpus
     python -m nanogpt_lib.prepare --out data/mine my_texts/ a.txt # UTF-8 files and folders of *.txt
+    python -m nanogpt_lib.prepare --out data/machado --corpus machado  # Machado de Assis (see corpora.py)
     python -m nanogpt_lib.prepare --out data/wiki --dataset wikimedia/wikipedia \\
         --dataset-config 20231101.pt --text-column text          # a Hugging Face dataset, streamed
 
 Text is read and tokenized in pieces (about 1 MB of text at a time), so neither the text nor the
 tokens of a large corpus need to fit in memory. Each document (a file, a dataset record) ends
-with the tokenizer's end-of-text token. The last `val_fraction` of the token stream becomes
-val.bin, the rest train.bin, as `data.train_val_split` does for a tensor. A second run with the
+with the tokenizer's end-of-text token. By default the last `val_fraction` of the token stream
+becomes val.bin, the rest train.bin, as `data.train_val_split` does for a tensor; `--split
+each-document` (the default for a named corpus) holds out the last `val_fraction` of every document
+instead, so validation covers every work and genre. A second run with the
 same inputs (files of the same size and time stamp, same tokenizer and split) reuses the folder.
 """
 
@@ -22,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +34,13 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path
 from .cli_errors import run_cli
+from .corpora import CorpusError, corpus_works, named_corpus
 from .data import corpus_files
 from .paths import check_outputs
 from .tokenizer import HUB_TOKENIZER, load_tokenizer, tokenizer_hash
 from .tokens import TokenFileError, TokenMeta, bin_path, meta_path, open_tokens, token_dtype, write_meta
 
+SPLITS = ("tail", "each-document")  # the last tokens of the stream, or the last tokens of every document
 PIECE_CHARS = 1 << 20  # text handed to the tokenizer at once
 BATCH_PIECES = 64  # pieces tokenized together (the Rust tokenizer uses several threads)
 
@@ -51,9 +56,13 @@ class TextFiles:
 
     files: tuple[Path, ...]
     label: str
+    names: tuple[str, ...] | None = None  # a name per file for meta.json's document list (None: the paths)
 
     def describe(self) -> str:
         return f"{self.label} ({len(self.files)} files)"
+
+    def document_names(self) -> list[str]:
+        return list(self.names) if self.names is not None else [str(p) for p in self.files]
 
     def identity(self) -> dict:
         return {"files": [_stamp(p) for p in self.files]}
@@ -89,6 +98,9 @@ class HFDataset:
 
     def total_bytes(self) -> int | None:
         return None  # a streamed dataset does not say how large it is
+
+    def document_names(self) -> None:
+        return None  # records have no names, and a list of millions would not belong in meta.json
 
     def documents(self) -> Iterator[Iterator[str]]:
         for i, record in enumerate(_open_dataset(self)):
@@ -154,6 +166,16 @@ def files_source(paths: list[str | Path]) -> TextFiles:
             raise PrepareError(f"text file {str(f)!r} is given twice (also as {str(first)!r}, directly or "
                                f"inside a folder); give each file once")
     return TextFiles(tuple(files), ", ".join(str(p) for p in paths))
+
+
+def named_source(name: str, genres: list[str] | None = None, local: str | Path | None = None,
+                 **kwargs) -> TextFiles:
+    """The works of a named corpus (see `corpora.py`), verified, one document per work."""
+    corpus = named_corpus(name)
+    works = corpus_works(name, local, genres=genres, **kwargs)
+    chosen = "all genres" if genres is None else "genres " + ", ".join(genres)
+    return TextFiles(tuple(path for _, path in works), f"{corpus.title}, {chosen}",
+                     names=tuple(f"{genre}/{path.name}" for genre, path in works))
 
 
 def _file_pieces(path: Path) -> Iterator[str]:
@@ -223,10 +245,20 @@ def prepare(
     val_fraction: float = 0.1,
     force: bool = False,
     progress: bool = True,
+    split: str = "tail",
 ) -> PrepareResult:
-    """Tokenize `source` into the folder `out`; reuse it when it already holds the same inputs."""
+    """Tokenize `source` into the folder `out`; reuse it when it already holds the same inputs.
+
+    `split` says which tokens are held out for validation: "tail", the last `val_fraction` of the
+    whole stream (documents in the order given, so the last documents); or "each-document", the last
+    `val_fraction` of every document, so that validation has every document (genre, topic) in the
+    proportions training has. meta.json lists each document's train and val token counts, in order,
+    for sources whose documents have names (files).
+    """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise PrepareError(f"val_fraction={val_fraction!r} is not allowed: it must be a number in (0, 1)")
+    if split not in SPLITS:
+        raise PrepareError(f"split={split!r} is not allowed: choose one of {list(SPLITS)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {str(out)!r} is a file; give a folder for train.bin, val.bin and meta.json")
@@ -236,8 +268,8 @@ def prepare(
     check_outputs({"--out": out}, inputs, folders=("--out",))
     name, vocab_size = tokenizer.name_or_path, len(tokenizer)
     dtype = token_dtype(vocab_size)
-    split = {"method": "tail", "val_fraction": float(val_fraction)}
-    identity = {"tokenizer": _tokenizer_identity(tokenizer), "split": split, "source": source.identity(),
+    split_meta = {"method": split, "val_fraction": float(val_fraction)}
+    identity = {"tokenizer": _tokenizer_identity(tokenizer), "split": split_meta, "source": source.identity(),
                 "version": 2}
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     started = time.perf_counter()
@@ -251,12 +283,16 @@ def prepare(
     created = not out.exists()
     try:
         with atomic_path(bin_path(out, "train")) as train_tmp, atomic_path(bin_path(out, "val")) as val_tmp:
-            text_bytes, documents, total = _tokenize_to_file(source, tokenizer, dtype, train_tmp, progress)
-            n_val = int(round(total * val_fraction))
+            each = split == "each-document"
+            text_bytes, counts = _tokenize_to_file(source, tokenizer, dtype, train_tmp, progress,
+                                                   val_tmp if each else None, val_fraction)
+            total = sum(map(sum, counts))
+            n_val = sum(c[1] for c in counts) if each else int(round(total * val_fraction))
             if n_val < 2 or total - n_val < 2:
                 raise PrepareError(f"{source.describe()} gives {total} tokens, too few to split with "
                                    f"val_fraction={val_fraction}: each side needs at least 2 tokens")
-            _move_tail(train_tmp, val_tmp, dtype, total - n_val)
+            if not each:
+                _move_tail(train_tmp, val_tmp, dtype, total - n_val)
             # the new tokens are complete: only now may the old folder stop reading as prepared (a failure
             # above leaves it intact); until the new meta.json is written, it reads as unprepared
             meta_path(out).unlink(missing_ok=True)
@@ -267,58 +303,98 @@ def prepare(
         raise
     meta = TokenMeta(
         tokenizer_name=name, vocab_size=vocab_size, dtype=dtype.name, tokens={"train": total - n_val, "val": n_val},
-        split=split, source=source.describe(), text_bytes=text_bytes, documents=documents, fingerprint=fingerprint,
-        tokenizer_hash=tokenizer_hash(tokenizer),
+        split=split_meta, source=source.describe(), text_bytes=text_bytes, documents=len(counts),
+        fingerprint=fingerprint, tokenizer_hash=tokenizer_hash(tokenizer),
+        document_tokens=_document_tokens(source.document_names(), counts, None if each else total - n_val),
     )
     write_meta(out, meta)
     return PrepareResult(out, meta, reused=False, seconds=time.perf_counter() - started)
 
 
-def _tokenize_to_file(source, tokenizer, dtype: np.dtype, path: Path, progress: bool) -> tuple[int, int, int]:
-    """Append the tokens of every document to `path`; returns (text bytes, documents, tokens)."""
+def _tokenize_to_file(source, tokenizer, dtype: np.dtype, path: Path, progress: bool,
+                      val_path: Path | None = None, val_fraction: float = 0.0) -> tuple[int, list[list[int]]]:
+    """Write the tokens of every document to `path`; returns (text bytes, [[train, val] tokens per document]).
+
+    Without `val_path` every token goes to `path` (the caller then moves the stream's tail to val.bin;
+    val counts stay 0 here). With `val_path` (the "each-document" split), the last `val_fraction` of
+    each document's own tokens goes there: round(n * val_fraction) of a document of n tokens.
+    Pieces of several documents are tokenized together (the Rust tokenizer uses several threads).
+    """
     end = tokenizer.eos_token_id
     end_ids = [end] if end is not None else tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    text_bytes = documents = tokens = 0
+    text_bytes = 0
+    counts: list[list[int]] = []  # [train tokens, val tokens] of each document
     batch: list[str] = []
-    ends: list[bool] = []  # whether each piece in the batch closes its document
+    closes: list[bool] = []  # whether each piece in the batch is its document's last
+    owners: list[int] = []  # the document each piece belongs to
+    current: list[np.ndarray] = []  # tokens of the document being read (each-document split only)
     bar = tqdm(total=source.total_bytes(), desc="tokenizing", unit="B", unit_scale=True, disable=not progress)
 
-    def flush(f) -> int:
+    def flush(train_f, val_f) -> None:
         if not batch:  # the last piece filled the previous batch exactly
-            return 0
+            return
         ids = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
-        stream = [np.asarray(piece + (end_ids if last else []), dtype=dtype)  # (n_i,)
-                  for piece, last in zip(ids, ends, strict=True)]
-        joined = np.concatenate(stream) if stream else np.empty(0, dtype)  # (n,)
-        f.write(joined.tobytes())
+        for piece, last, doc in zip(ids, closes, owners, strict=True):
+            tokens = np.asarray(piece + (end_ids if last else []), dtype=dtype)  # (n_i,)
+            if val_f is None:
+                train_f.write(tokens.tobytes())
+                counts[doc][0] += len(tokens)
+                continue
+            current.append(tokens)
+            if last:
+                whole = np.concatenate(current)  # (n,) the document
+                n_val = int(round(len(whole) * val_fraction))
+                train_f.write(whole[: len(whole) - n_val].tobytes())
+                val_f.write(whole[len(whole) - n_val :].tobytes())
+                counts[doc] = [len(whole) - n_val, n_val]
+                current.clear()
         batch.clear()
-        ends.clear()
-        return len(joined)
+        closes.clear()
+        owners.clear()
 
-    with open(path, "wb") as f:
+    with open(path, "wb") as train_f, (open(val_path, "wb") if val_path is not None else nullcontext()) as val_f:
         for pieces in source.documents():
-            documents += 1
+            doc = len(counts)
+            counts.append([0, 0])
             previous = None
             for piece in pieces:
                 if previous is not None:
                     batch.append(previous)
-                    ends.append(False)
+                    closes.append(False)
+                    owners.append(doc)
                 previous = piece
                 size = len(piece.encode("utf-8"))
                 text_bytes += size
                 bar.update(size)
                 if len(batch) >= BATCH_PIECES:
-                    tokens += flush(f)
+                    flush(train_f, val_f)
             if previous is not None:
                 batch.append(previous)
-                ends.append(True)
+                closes.append(True)
+                owners.append(doc)
             if len(batch) >= BATCH_PIECES:
-                tokens += flush(f)
-        tokens += flush(f)
+                flush(train_f, val_f)
+        flush(train_f, val_f)
     bar.close()
-    if documents == 0 or tokens == 0:
+    if not counts or sum(map(sum, counts)) == 0:
         raise PrepareError(f"{source.describe()} holds no text to tokenize")
-    return text_bytes, documents, tokens
+    return text_bytes, counts
+
+
+def _document_tokens(names: list[str] | None, counts: list[list[int]], n_train: int | None) -> list | None:
+    """[[name, train tokens, val tokens], ...] per document; with `n_train` (the tail split), the counts of
+    the documents that straddle or follow the cut are recomputed from where the stream is cut."""
+    if names is None:
+        return None
+    rows, seen = [], 0
+    for name, (train, val) in zip(names, counts, strict=True):
+        if n_train is not None:
+            size = train + val
+            train = min(max(n_train - seen, 0), size)
+            val = size - train
+            seen += size
+        rows.append([name, train, val])
+    return rows
 
 
 def _move_tail(train_path: Path, val_path: Path, dtype: np.dtype, n_train: int) -> None:
@@ -346,9 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hugging Face tokenizer id or local folder; falls back to the bundled one when unavailable")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of tokens (the last ones) kept for validation")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="tail: the last tokens of the whole stream; each-document: the last tokens of every "
+                   "document (default: each-document for --corpus, tail otherwise)")
     p.add_argument("--force", action="store_true", help="tokenize again even when the folder holds these inputs")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of one line")
+    named = p.add_argument_group("named corpus (instead of paths; the text is not shipped: see corpora.py)")
+    named.add_argument("--corpus", default=None, help="a named corpus: machado (Machado de Assis, complete works)")
+    named.add_argument("--genres", nargs="+", default=None,
+                       help="only these genre folders (machado: conto critica cronica miscelanea poesia "
+                       "romance teatro traducao); default all")
+    named.add_argument("--corpus-dir", default=None,
+                       help="a local copy (else $NANOGPT_MACHADO_DIR, else the cache, downloading on first use)")
     ds = p.add_argument_group("Hugging Face dataset (instead of paths; needs `pip install 'nanogpt-lib[corpora]'`)")
     ds.add_argument("--dataset", default=None,
                     help="Hub name, a builder such as 'json', 'text' or 'parquet' with --data-files, "
@@ -378,17 +464,27 @@ def main(argv: list[str] | None = None) -> PrepareResult:
 
 def _prepare_from(args: argparse.Namespace) -> PrepareResult:
     """The source the options name, tokenized into --out."""
-    if args.dataset is not None and args.paths:
-        raise PrepareError("give text paths or --dataset, not both")
+    given = [name for name, on in (("text paths", bool(args.paths)), ("--dataset", args.dataset is not None),
+                                   ("--corpus", args.corpus is not None)) if on]
+    if len(given) > 1:
+        raise PrepareError(f"give one source: {' and '.join(given)} were both given")
+    if args.corpus is None and (args.genres or args.corpus_dir):
+        raise PrepareError("--genres and --corpus-dir belong to --corpus; name the corpus (--corpus machado)")
     if args.max_documents is not None and args.max_documents < 1:
         raise PrepareError(f"--max-documents {args.max_documents} is not allowed: it must be >= 1")
-    if args.dataset is None:
+    split = args.split or ("each-document" if args.corpus is not None else "tail")
+    if args.corpus is not None:
+        try:
+            source = named_source(args.corpus, args.genres, args.corpus_dir)
+        except CorpusError as err:
+            raise PrepareError(str(err)) from None
+    elif args.dataset is None:
         source = files_source(args.paths)
     else:
         source = HFDataset(args.dataset, args.text_column, args.dataset_config, args.dataset_split,
                            tuple(args.data_files), args.max_documents)
     tokenizer = load_tokenizer(args.tokenizer)
-    return prepare(source, args.out, tokenizer, args.val_fraction, args.force, args.progress)
+    return prepare(source, args.out, tokenizer, args.val_fraction, args.force, args.progress, split)
 
 
 if __name__ == "__main__":

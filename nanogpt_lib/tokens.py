@@ -55,6 +55,7 @@ class TokenMeta:
     format: str = FORMAT
     version: int = VERSION
     tokenizer_hash: str | None = None  # tokenizer.tokenizer_hash of the tokenizer used (None: older folders)
+    document_tokens: list | None = None  # [[name, train tokens, val tokens], ...] in stream order (named files)
 
     def to_dict(self) -> dict:
         return asdict(self)

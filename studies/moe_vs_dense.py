@@ -1,0 +1,304 @@
+"""Part 2's experiment on a real corpus: what a Mixture of Experts buys over the dense model.
+
+    python -m studies.moe_vs_dense --corpus-dir ../shared/corpora/machado          # everything, CPU
+    python -m studies.moe_vs_dense --experiments main --seeds 0 1 2 3 4 --shard 0/2  # half of main, here
+    python -m studies.moe_vs_dense --device cuda --steps 3000 --out studies/results/moe_vs_dense_cuda
+    python -m studies.moe_vs_dense --timing        # step time of each model, interleaved, one run
+    python -m studies.moe_vs_dense --analyse       # baselines, specialisation, the summary tables
+
+The protocol (the same for every model, seed and experiment):
+
+- corpus: Machado de Assis's complete works (`--corpus machado`: 116 works, about 4.0M tokens with
+  the bundled tokenizer), split with prepare's "each-document" split: the last 10 % of every work is
+  validation, so validation has every work and genre in the proportions training has;
+- model: Part 1's size (4 blocks, 4 heads, width 128, context 100, vocabulary 4,096), dropout 0;
+- training: AdamW (lr 3e-3 peak, warm-up 60 steps, cosine to 3e-4, weight decay 0.01, clip 1.0),
+  `--steps` steps (600) of 16 windows of 100 tokens drawn by (seed, step): every model of a seed sees
+  the same windows in the same order and starts from `torch.manual_seed(seed)`;
+- validation: every 100 steps on 256 fixed windows (25,600 tokens, evenly spaced over
+  the validation split), and at the end on the whole split (all non-overlapping windows): the same
+  tokens for every model and seed;
+- MoE: softmax router, top-k renormalised for k >= 2, load-balancing loss 0.01, z-loss 0.001, no
+  capacity limit (dropless) unless the experiment says otherwise.
+
+Each run is one JSON file under OUT/runs/MODEL/seedN.json (per evaluation: the fixed-sample val
+loss; per step: the train loss and each MoE layer's imbalance and dropped share), written when the
+run ends; a run whose file exists is skipped, so the command resumes, and a run another process has
+claimed (a claim file in --work) is skipped too, so several processes share the work.
+Weights of the first seed's models are kept in --work (not in the repo) for --timing and --analyse.
+Results and their reading: docs/studies.md and notebooks 06 and 06b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_tokenizer
+from nanogpt_lib.atomic import atomic_path, atomic_write_text
+from nanogpt_lib.comparison import fixed_windows, windows_loss
+from nanogpt_lib.corpus_train import CorpusConfig, accumulated_step, train_corpus
+from nanogpt_lib.distributed import DistContext
+from nanogpt_lib.moe import MoE, imbalance
+from nanogpt_lib.prepare import named_source, prepare
+from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
+from nanogpt_lib.tokens import TRAIN_STREAM, open_tokens, shard_batches, window_starts
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "studies" / "results" / "moe_vs_dense"
+CURVE_WINDOWS = 256  # fixed validation windows scored at every evaluation
+
+
+# ------------------------------------------------------------------ models
+def part1_size(vocab_size: int) -> GPTConfig:
+    """Part 1's model, dense, dropout 0 (600 steps see each training token about once: no overfitting)."""
+    return GPTConfig(block_size=100, vocab_size=vocab_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+
+
+def moe(base: GPTConfig, n_expert: int, top_k: int, width: int, **changes) -> GPTConfig:
+    """An MoE of `n_expert` GELU experts of hidden width `width`, top-k, dropless unless changed."""
+    settings = dict(n_expert=n_expert, top_k=top_k, expert_hidden=width, capacity_factor=None,
+                    eval_capacity_factor=None, aux_loss_weight=0.01, z_loss_weight=0.001)
+    return replace(base, **{**settings, **changes})
+
+
+def models(vocab_size: int) -> dict[str, GPTConfig]:
+    """Every model of the study, by key. Widths: the dense MLP is 4 x 128 = 512 wide; 'active' means
+    the expert width x k per token (512 for all MoEs of the main comparison)."""
+    base = part1_size(vocab_size)
+    found: dict[str, GPTConfig] = {
+        "dense": base,
+        # the upper reference: a dense MLP as wide as all 8 half-width experts together (one expert of
+        # width 2048, always chosen: no router, weight 1, i.e. a plain GELU MLP)
+        "dense-4x-wide": moe(base, 1, 1, 2048, aux_loss_weight=0.0, z_loss_weight=0.0),
+        "moe-8x2": moe(base, 8, 2, 256),  # Part 2's MoE: 8 experts of half width, top-2
+        "switch-8x1": moe(base, 8, 1, 512),  # Switch: top-1 of full width (weight = its probability)
+        "fine-16x4": moe(base, 16, 4, 128),  # fine-grained: each expert split in two, k doubled
+        "moe-8x4": moe(base, 8, 4, 128),  # choosing k: top-4 of quarter width
+    }
+    for aux in (0.0, 0.001, 0.1):  # load x balance (0.01 is moe-8x2 itself)
+        found[f"moe-8x2-aux{aux:g}"] = moe(base, 8, 2, 256, aux_loss_weight=aux)
+    for n_expert in (4, 8, 16):  # capacity x experts, top-2 of half width (moe-8x2 is 8, dropless)
+        for factor in (1.0, 1.25, 2.0, None):
+            key = f"moe-{n_expert}x2-cf{factor:g}" if factor is not None else f"moe-{n_expert}x2"
+            found.setdefault(key, moe(base, n_expert, 2, 256, capacity_factor=factor))
+    return found
+
+
+EXPERIMENTS = {
+    "main": ("dense", "moe-8x2", "switch-8x1", "fine-16x4", "dense-4x-wide"),
+    "k": ("switch-8x1", "moe-8x2", "moe-8x4"),
+    "aux": ("moe-8x2-aux0", "moe-8x2-aux0.001", "moe-8x2", "moe-8x2-aux0.1"),
+    "capacity": tuple(f"moe-{e}x2" + (f"-cf{f:g}" if f is not None else "")
+                      for e in (4, 8, 16) for f in (1.0, 1.25, 2.0, None)),
+}
+
+
+# -------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Protocol:
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-3
+    eval_interval: int = 100
+
+    def corpus_config(self) -> CorpusConfig:
+        return CorpusConfig(steps=self.steps, batch_size=self.batch_size, eval_interval=self.eval_interval,
+                            eval_batches=1)
+
+
+def prepared_corpus(corpus_dir: str | None, cache: Path):
+    """The Machado token folder (prepared once into `cache`) and the bundled tokenizer."""
+    tokenizer = load_tokenizer(BUNDLED_TOKENIZER_NAME)
+    result = prepare(named_source("machado", None, corpus_dir), cache / "machado-tokens", tokenizer,
+                     val_fraction=0.1, progress=False, split="each-document")
+    return open_tokens(result.folder), tokenizer
+
+
+# --------------------------------------------------------------------- run
+def routing_log(records: list[dict]) -> dict:
+    """Per step, mean over MoE layers... kept per layer: imbalance (busiest / fair share), dropped share,
+    auxiliary loss; and the expert shares of each layer averaged over the last 10 steps."""
+    if not records:
+        return {}
+    last = records[-10:]
+    layers = len(records[0]["share"])
+    return {
+        "imbalance": [[round(imbalance(s), 4) for s in r["share"]] for r in records],  # (steps, layers)
+        "dropped": [[round(d, 4) for d in r["dropped"]] for r in records],
+        "aux_loss": [round(r["aux_loss"], 4) for r in records],
+        "final_share": [[statistics.fmean(r["share"][i][e] for r in last) for e in range(len(last[0]["share"][i]))]
+                        for i in range(layers)],
+    }
+
+
+def eval_with_capacity(model: GPT, factor: float | None, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Whole-split val loss with the eval capacity set to `factor` (batches of 16 windows, as training)."""
+    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    saved = [m.eval_capacity_factor for m in layers]
+    for m in layers:
+        m.eval_capacity_factor = factor
+    try:
+        return windows_loss(model, x, y, batch_size=16)
+    finally:
+        for m, old in zip(layers, saved, strict=True):
+            m.eval_capacity_factor = old
+
+
+def train_one(key: str, config: GPTConfig, seed: int, data, protocol: Protocol, device: torch.device,
+              curve: tuple[torch.Tensor, torch.Tensor], whole: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict, GPT]:
+    torch.manual_seed(seed)
+    model = GPT(config).to(device)
+    curve_losses: list[dict] = []
+
+    def on_eval(record: dict, history) -> None:
+        curve_losses.append({"step": record["step"], "val_loss": windows_loss(model, *curve),
+                             "train_batch_loss": record["train_loss"]})
+
+    run = train_corpus(model, data, TrainConfig(lr=protocol.lr, seed=seed), protocol.corpus_config(),
+                       DistContext(device=device), on_eval=on_eval, progress=False)
+    final = {"val_loss": windows_loss(model, *whole)}
+    if config.n_expert > 1 and config.capacity_factor is not None:
+        final["val_loss_train_capacity"] = eval_with_capacity(model, config.capacity_factor, *whole)
+    record = {
+        "model": key, "seed": seed, "config": asdict(config), "protocol": asdict(protocol),
+        "params": model.num_params(), "active_params": model.num_active_params(),
+        "evals": curve_losses, "final": final, "train_loss": [round(v, 4) for v in run.history.loss],
+        "routing": routing_log(run.history.moe), "train_seconds": round(run.train_seconds, 2),
+        "machine": machine(device),
+    }
+    return record, model
+
+
+def machine(device: torch.device) -> dict:
+    return {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def run_path(out: Path, key: str, seed: int) -> Path:
+    return out / "runs" / key / f"seed{seed}.json"
+
+
+def weights_path(work: Path, key: str, seed: int) -> Path:
+    return work / "weights" / f"{key}-seed{seed}.pt"
+
+
+# ------------------------------------------------------------------ timing
+def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: Protocol, work: Path, seed: int,
+               device: torch.device, rounds: int = 8, steps_per_round: int = 5) -> dict[str, float]:
+    """Median seconds per training step of each model, measured interleaved (model A's steps, then B's,
+    ... repeated `rounds` times) on real batches, starting from the first seed's trained weights (so the
+    router is as skewed as it is at the end of training)."""
+    trained = {}
+    for key in keys:
+        torch.manual_seed(seed)
+        model = GPT(configs[key]).to(device)
+        path = weights_path(work, key, seed)
+        if path.is_file():
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        opt = torch.optim.AdamW(model.parameters(), lr=protocol.lr * 0.1, weight_decay=0.01, betas=(0.9, 0.95))
+        trained[key] = (model, opt, path.is_file())
+    times: dict[str, list[float]] = {key: [] for key in keys}
+    block = 100
+    for r in range(rounds + 1):  # round 0 warms up
+        for key in keys:
+            model, opt, _ = trained[key]
+            for s in range(steps_per_round):
+                step = 10_000 + r * steps_per_round + s
+                starts = window_starts(len(data.train), block, protocol.batch_size, seed, TRAIN_STREAM, step)
+                batches = [(x.to(device), y.to(device)) for x, y in shard_batches(data.train, starts, block, 1, 1, 0)]
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                began = time.perf_counter()
+                accumulated_step(model, opt, batches, 1.0)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if r > 0:
+                    times[key].append(time.perf_counter() - began)
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+# --------------------------------------------------------------- command
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m studies.moe_vs_dense", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--secondary-seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="seeds of the aux and capacity grids (main and k use --seeds)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default torch's")
+    p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else $NANOGPT_MACHADO_DIR, "
+                   "else the cache)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the result files go (committed)")
+    p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "nanogpt_lib" / "studies",
+                   help="token folder and trained weights (not committed)")
+    p.add_argument("--timing", action="store_true", help="only measure each model's step time (interleaved)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    protocol = Protocol(steps=args.steps)
+    data, tokenizer = prepared_corpus(args.corpus_dir, args.work)
+    configs = models(len(tokenizer))
+    if args.timing:
+        keys = list(dict.fromkeys(EXPERIMENTS["main"] + EXPERIMENTS["k"]))
+        seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device)
+        out = {"seconds_per_step": seconds, "machine": machine(device), "rounds": 8, "steps_per_round": 5,
+               "batch_tokens": protocol.batch_size * 100}
+        atomic_write_text(args.out / f"timing-{device.type}.json", json.dumps(out, indent=1) + "\n")
+        for key, s in seconds.items():
+            print(f"{key:<16} {1000 * s:7.1f} ms/step  {s / seconds['dense']:.2f}x dense")
+        return
+    curve = fixed_windows(data.val, 100, CURVE_WINDOWS)
+    whole = fixed_windows(data.val, 100)
+    todo = []
+    for name in args.experiments:
+        seeds = args.seeds if name in ("main", "k") else args.secondary_seeds
+        for seed in seeds:
+            for key in EXPERIMENTS[name]:
+                if (key, seed) not in todo:
+                    todo.append((key, seed))
+    tokens = data.meta.tokens
+    print(f"{len(todo)} runs in all; data: {data.meta.source}, {tokens['train']:,} train + {tokens['val']:,} val "
+          f"tokens", flush=True)
+    began = time.perf_counter()
+    for key, seed in todo:
+        path = run_path(args.out, key, seed)
+        claim = args.work / "claims" / f"{key}-seed{seed}"
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            continue
+        try:
+            claim.touch(exist_ok=False)  # another process of this study is on it (delete stale claims)
+        except FileExistsError:
+            continue
+        t0 = time.perf_counter()
+        record, model = train_one(key, configs[key], seed, data, protocol, device, curve, whole)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(record) + "\n")
+        if seed == args.seeds[0]:
+            weights = weights_path(args.work, key, seed)
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(weights) as tmp:
+                torch.save(model.state_dict(), tmp)
+        print(f"{key:<18} seed {seed}: val {record['final']['val_loss']:.4f} (ppl "
+              f"{math.exp(record['final']['val_loss']):.1f}) in {time.perf_counter() - t0:.0f} s "
+              f"[{time.perf_counter() - began:.0f} s total]", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(sys.argv[1:])
