@@ -54,14 +54,18 @@ def count_baselines(train: np.ndarray, inputs: np.ndarray, targets: np.ndarray, 
                     held_out: float = 0.05) -> BaselineLosses:
     """Unigram and interpolated-bigram losses on (inputs, targets) pairs of the same shape (any shape:
     a model's evaluation windows), fitted on the `train` token stream."""
-    inputs = np.asarray(inputs, dtype=np.int64).ravel()
-    targets = np.asarray(targets, dtype=np.int64).ravel()
-    if inputs.shape != targets.shape:
+    inputs = np.asarray(inputs, dtype=np.int64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if inputs.shape != targets.shape:  # before flattening: (2, 3) and (3, 2) would pair the wrong tokens
         raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} must have the same shape")
+    inputs, targets = inputs.ravel(), targets.ravel()
     if not 0 < held_out < 1:
         raise ValueError(f"held_out={held_out!r} is not allowed: it must be in (0, 1)")
     train = np.asarray(train, dtype=np.int64)
     cut = int(len(train) * (1 - held_out))
+    if cut < 2 or len(train) - cut < 2:  # else lambda would be chosen from no pairs (a mean of nothing)
+        raise ValueError(f"{len(train)} training tokens with held_out={held_out} leave {cut} to fit and "
+                         f"{len(train) - cut} held out: each side needs at least 2 tokens (one pair)")
     unigram, pairs = _counts(train[:cut], vocab_size)
     _, tuning = _losses(unigram, pairs, train[cut:-1], train[cut + 1 :], LAMBDAS)
     lam = LAMBDAS[int(np.argmin(tuning))]

@@ -19,6 +19,7 @@ missing file or a wrong checksum is an error that names the file, never a silent
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.parse
@@ -64,6 +65,8 @@ class NamedCorpus:
 
     def files(self, genres: Sequence[str] | None = None) -> list[str]:
         """Relative paths of the works of `genres` (all when None), sorted by genre then name."""
+        if isinstance(genres, str):
+            raise CorpusError(f"genres={genres!r} is not allowed: give a list of genres, e.g. [{genres!r}]")
         chosen = self.genres if genres is None else tuple(genres)
         unknown = [g for g in chosen if g not in self.genres]
         if unknown or not chosen:
@@ -168,7 +171,7 @@ def _download(corpus: NamedCorpus, relative: str, target: Path, sha256: str, bas
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             body = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:  # HTTPException: cut short
         reason = getattr(err, "reason", err)
         raise CorpusError(f"could not download {url} ({reason}); without network, give a local copy of corpus "
                           f"{corpus.name!r} with --corpus-dir or ${corpus.env}") from None

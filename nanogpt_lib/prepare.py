@@ -467,7 +467,7 @@ def _prepare_from(args: argparse.Namespace) -> PrepareResult:
     given = [name for name, on in (("text paths", bool(args.paths)), ("--dataset", args.dataset is not None),
                                    ("--corpus", args.corpus is not None)) if on]
     if len(given) > 1:
-        raise PrepareError(f"give one source: {' and '.join(given)} were both given")
+        raise PrepareError(f"give one source, not {len(given)}: {', '.join(given)} cannot be combined")
     if args.corpus is None and (args.genres or args.corpus_dir):
         raise PrepareError("--genres and --corpus-dir belong to --corpus; name the corpus (--corpus machado)")
     if args.max_documents is not None and args.max_documents < 1:

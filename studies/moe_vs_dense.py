@@ -42,15 +42,27 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_tokenizer
 from nanogpt_lib.atomic import atomic_path, atomic_write_text
+from nanogpt_lib.baselines import count_baselines
 from nanogpt_lib.comparison import fixed_windows, windows_loss
+from nanogpt_lib.corpora import corpus_works
 from nanogpt_lib.corpus_train import CorpusConfig, accumulated_step, train_corpus
 from nanogpt_lib.distributed import DistContext
+from nanogpt_lib.experiments import modern_moe_variants
 from nanogpt_lib.moe import MoE, imbalance
 from nanogpt_lib.prepare import named_source, prepare
+from nanogpt_lib.specialisation import (
+    CLASSES,
+    count_by_label,
+    first_choices,
+    genre_labels,
+    token_purity,
+    vocabulary_classes,
+)
 from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
 from nanogpt_lib.tokens import TRAIN_STREAM, open_tokens, shard_batches, window_starts
 
@@ -88,6 +100,10 @@ def models(vocab_size: int) -> dict[str, GPTConfig]:
     }
     for aux in (0.0, 0.001, 0.1):  # load x balance (0.01 is moe-8x2 itself)
         found[f"moe-8x2-aux{aux:g}"] = moe(base, 8, 2, 256, aux_loss_weight=aux)
+    modern = modern_moe_variants(found["moe-8x2"])  # Part 3's variants of Part 2's MoE (notebook 08)
+    found["swiglu-8x2"] = modern["SwiGLU experts"]
+    found["fine-shared-30x6"] = modern["fine-grained + shared"]
+    found["fine-shared-lossfree"] = modern["+ loss-free balancing"]
     for n_expert in (4, 8, 16):  # capacity x experts, top-2 of half width (moe-8x2 is 8, dropless)
         for factor in (1.0, 1.25, 2.0, None):
             key = f"moe-{n_expert}x2-cf{factor:g}" if factor is not None else f"moe-{n_expert}x2"
@@ -99,6 +115,7 @@ EXPERIMENTS = {
     "main": ("dense", "moe-8x2", "switch-8x1", "fine-16x4", "dense-4x-wide"),
     "k": ("switch-8x1", "moe-8x2", "moe-8x4"),
     "aux": ("moe-8x2-aux0", "moe-8x2-aux0.001", "moe-8x2", "moe-8x2-aux0.1"),
+    "modern": ("moe-8x2", "swiglu-8x2", "fine-shared-30x6", "fine-shared-lossfree"),
     "capacity": tuple(f"moe-{e}x2" + (f"-cf{f:g}" if f is not None else "")
                       for e in (4, 8, 16) for f in (1.0, 1.25, 2.0, None)),
 }
@@ -229,6 +246,61 @@ def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: P
     return {key: statistics.median(v) for key, v in times.items()}
 
 
+# ---------------------------------------------------------------- analyse
+SPECIALISATION_MODELS = ("moe-8x2", "switch-8x1", "fine-16x4", "moe-8x2-aux0")
+
+
+def analyse(configs: dict[str, GPTConfig], data, tokenizer, args) -> None:
+    """Baselines, the tokenizer question, and expert specialisation, each written to OUT as JSON."""
+    whole = fixed_windows(data.val, 100)
+    found = count_baselines(data.train, whole[0].numpy(), whole[1].numpy(), len(tokenizer))
+    baselines = {**asdict(found), "targets": int(whole[1].numel()), "split": "validation, all windows"}
+    atomic_write_text(args.out / "baselines.json", json.dumps(baselines, indent=1) + "\n")
+    print(f"baselines: unigram {found.unigram:.4f}, bigram {found.bigram:.4f} (lambda {found.bigram_lambda})")
+    atomic_write_text(args.out / "tokenizer.json", json.dumps(tokenizer_check(args.corpus_dir), indent=1) + "\n")
+    classes = vocabulary_classes(tokenizer)
+    x = whole[0]  # (W, T)
+    positions = np.arange(x.numel())  # window w, position t is val token w * T + t
+    genres, genre_names = genre_labels(data.meta.document_tokens, "val", positions)
+    results = {}
+    for key in SPECIALISATION_MODELS:
+        path = weights_path(args.work, key, args.seeds[0])
+        if not path.is_file():
+            print(f"specialisation: no weights for {key} (train it first); skipped")
+            continue
+        torch.manual_seed(0)
+        model = GPT(configs[key])
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        choices = first_choices(model, x)
+        by_class = count_by_label(choices, classes[x.reshape(-1).numpy()], CLASSES, configs[key].n_expert)
+        by_genre = count_by_label(choices, genres, genre_names, configs[key].n_expert)
+        results[key] = {"seed": args.seeds[0], "by_class": by_class.to_dict(), "by_genre": by_genre.to_dict(),
+                        "token_purity": token_purity(choices, x),
+                        "nmi_class": [by_class.normalised_mutual_information(i) for i in range(len(choices))],
+                        "nmi_genre": [by_genre.normalised_mutual_information(i) for i in range(len(choices))]}
+        shown = {name: [round(v, 3) for v in results[key][name]] for name in ("token_purity", "nmi_class", "nmi_genre")}
+        print(f"specialisation {key}: {shown}")
+    atomic_write_text(args.out / "specialisation.json", json.dumps(results) + "\n")
+
+
+def tokenizer_check(corpus_dir: str | None) -> dict:
+    """Bytes per token on the validation text (the last 10 % of every work): the bundled tokenizer, and
+    byte-level BPEs of the same and twice its vocabulary trained on the training text of this corpus."""
+    from nanogpt_lib.tokenizer_train import train_tokenizer
+
+    texts = [path.read_text(encoding="utf-8") for _, path in corpus_works("machado", corpus_dir)]
+    train = [t[: int(len(t) * 0.9)] for t in texts]
+    val = [t[int(len(t) * 0.9) :] for t in texts]
+    val_bytes = sum(len(t.encode("utf-8")) for t in val)
+    bundled = load_tokenizer(BUNDLED_TOKENIZER_NAME, verbose=False)
+    found = {"bundled, 4096": sum(len(bundled(t, add_special_tokens=False)["input_ids"]) for t in val)}
+    for vocab in (4096, 8192):
+        retrained = train_tokenizer(train, vocab)
+        found[f"retrained on Machado, {vocab}"] = sum(len(retrained.encode(t).ids) for t in val)
+    return {"val_bytes": val_bytes, "val_tokens": found,
+            "bytes_per_token": {name: val_bytes / n for name, n in found.items()}}
+
+
 # --------------------------------------------------------------- command
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m studies.moe_vs_dense", description=__doc__.split("\n")[0],
@@ -238,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--secondary-seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="seeds of the aux and capacity grids (main and k use --seeds)")
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--only", nargs="+", default=None, help="only these model keys of the chosen experiments")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default torch's")
     p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else $NANOGPT_MACHADO_DIR, "
@@ -246,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "nanogpt_lib" / "studies",
                    help="token folder and trained weights (not committed)")
     p.add_argument("--timing", action="store_true", help="only measure each model's step time (interleaved)")
+    p.add_argument("--analyse", action="store_true",
+                   help="only compute the baselines, the tokenizer check and expert specialisation")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     protocol = Protocol(steps=args.steps)
     data, tokenizer = prepared_corpus(args.corpus_dir, args.work)
     configs = models(len(tokenizer))
+    if args.analyse:
+        analyse(configs, data, tokenizer, args)
+        return
     if args.timing:
         keys = list(dict.fromkeys(EXPERIMENTS["main"] + EXPERIMENTS["k"]))
         seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device)
@@ -269,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         seeds = args.seeds if name in ("main", "k") else args.secondary_seeds
         for seed in seeds:
             for key in EXPERIMENTS[name]:
+                if args.only is not None and key not in args.only:
+                    continue
                 if (key, seed) not in todo:
                     todo.append((key, seed))
     tokens = data.meta.tokens
