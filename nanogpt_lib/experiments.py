@@ -119,3 +119,43 @@ def modern_moe_variants(part2: GPTConfig, bias_update_rate: float = 0.01) -> dic
                         z_loss_weight=0.0)
     return {"Part 2 MoE": part2, "SwiGLU experts": swiglu, "fine-grained + shared": fine_shared,
             "+ loss-free balancing": loss_free}
+
+
+def part1_size(vocab_size: int) -> GPTConfig:
+    """Part 1's model, dense, dropout 0 (the Part 2 study's 600 steps see each training token at most once)."""
+    return GPTConfig(block_size=100, vocab_size=vocab_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+
+
+def study_moe(base: GPTConfig, n_expert: int, top_k: int, width: int, **changes) -> GPTConfig:
+    """`base` with every MLP an MoE of `n_expert` GELU experts of hidden width `width`, top-k, no capacity limit
+    (dropless), load-balancing loss 0.01 and z-loss 0.001, unless `changes` say otherwise."""
+    settings = dict(n_expert=n_expert, top_k=top_k, expert_hidden=width, capacity_factor=None,
+                    eval_capacity_factor=None, aux_loss_weight=0.01, z_loss_weight=0.001)
+    return replace(base, **{**settings, **changes})
+
+
+def part2_study_models(vocab_size: int) -> dict[str, GPTConfig]:
+    """Every model of the Part 2 study (`python -m studies.moe_vs_dense`), by key. The dense MLP is
+    4 x 128 = 512 wide; every MoE of the main comparison is 512 wide per token (expert width x k)."""
+    base = part1_size(vocab_size)
+    found: dict[str, GPTConfig] = {
+        "dense": base,
+        # the upper reference: a dense MLP as wide as all 8 half-width experts together, written as one
+        # expert of width 2048 that every token uses (no router, weight 1: a plain GELU MLP)
+        "dense-4x-wide": study_moe(base, 1, 1, 2048, aux_loss_weight=0.0, z_loss_weight=0.0),
+        "moe-8x2": study_moe(base, 8, 2, 256),  # Part 2's MoE: 8 experts of half width, top-2
+        "switch-8x1": study_moe(base, 8, 1, 512),  # Switch: top-1 of full width (weight = its probability)
+        "fine-16x4": study_moe(base, 16, 4, 128),  # fine-grained: each expert split in two, k doubled
+        "moe-8x4": study_moe(base, 8, 4, 128),  # choosing k: top-4 of quarter width
+    }
+    for aux in (0.0, 0.001, 0.1):  # load x balance (0.01 is moe-8x2 itself)
+        found[f"moe-8x2-aux{aux:g}"] = study_moe(base, 8, 2, 256, aux_loss_weight=aux)
+    modern = modern_moe_variants(found["moe-8x2"])  # Part 3's variants of Part 2's MoE (notebook 08)
+    found["swiglu-8x2"] = modern["SwiGLU experts"]
+    found["fine-shared-30x6"] = modern["fine-grained + shared"]
+    found["fine-shared-lossfree"] = modern["+ loss-free balancing"]
+    for n_expert in (4, 8, 16):  # capacity x experts, top-2 of half width (moe-8x2 is 8, dropless)
+        for factor in (1.0, 1.25, 2.0, None):
+            key = f"moe-{n_expert}x2-cf{factor:g}" if factor is not None else f"moe-{n_expert}x2"
+            found.setdefault(key, study_moe(base, n_expert, 2, 256, capacity_factor=factor))
+    return found

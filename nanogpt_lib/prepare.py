@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path
 from .cli_errors import run_cli
-from .corpora import CorpusError, corpus_works, named_corpus
+from .corpora import CorpusError, cache_root, corpus_works, named_corpus
 from .data import corpus_files
 from .paths import check_outputs
 from .tokenizer import HUB_TOKENIZER, load_tokenizer, tokenizer_hash
@@ -176,6 +176,18 @@ def named_source(name: str, genres: list[str] | None = None, local: str | Path |
     chosen = "all genres" if genres is None else "genres " + ", ".join(genres)
     return TextFiles(tuple(path for _, path in works), f"{corpus.title}, {chosen}",
                      names=tuple(f"{genre}/{path.name}" for genre, path in works))
+
+
+def prepare_named(name: str, tokenizer, genres: list[str] | None = None, local: str | Path | None = None,
+                  out: str | Path | None = None, progress: bool = False) -> PrepareResult:
+    """A named corpus tokenized with the each-document split (10 % of every work for validation) into
+    `out`, by default a folder of the cache named after the corpus, genres and tokenizer; reused when
+    it already holds these tokens."""
+    if out is None:
+        chosen = "all" if genres is None else "+".join(genres)
+        out = cache_root() / "tokens" / f"{name}-{chosen}-{(tokenizer_hash(tokenizer) or 'unhashed')[:12]}"
+    return prepare(named_source(name, genres, local), out, tokenizer, val_fraction=0.1, progress=progress,
+                   split="each-document")
 
 
 def _file_pieces(path: Path) -> Iterator[str]:

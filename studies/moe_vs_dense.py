@@ -39,7 +39,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +52,9 @@ from nanogpt_lib.comparison import fixed_windows, windows_loss
 from nanogpt_lib.corpora import corpus_works
 from nanogpt_lib.corpus_train import CorpusConfig, accumulated_step, train_corpus
 from nanogpt_lib.distributed import DistContext
-from nanogpt_lib.experiments import modern_moe_variants
+from nanogpt_lib.experiments import part2_study_models as models
 from nanogpt_lib.moe import MoE, imbalance
-from nanogpt_lib.prepare import named_source, prepare
+from nanogpt_lib.prepare import prepare_named
 from nanogpt_lib.specialisation import (
     CLASSES,
     count_by_label,
@@ -63,6 +63,7 @@ from nanogpt_lib.specialisation import (
     token_purity,
     vocabulary_classes,
 )
+from nanogpt_lib.study_results import study_path, summarise_runs
 from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
 from nanogpt_lib.tokens import TRAIN_STREAM, open_tokens, shard_batches, window_starts
 
@@ -72,45 +73,6 @@ CURVE_WINDOWS = 256  # fixed validation windows scored at every evaluation
 
 
 # ------------------------------------------------------------------ models
-def part1_size(vocab_size: int) -> GPTConfig:
-    """Part 1's model, dense, dropout 0 (600 steps see each training token about once: no overfitting)."""
-    return GPTConfig(block_size=100, vocab_size=vocab_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
-
-
-def moe(base: GPTConfig, n_expert: int, top_k: int, width: int, **changes) -> GPTConfig:
-    """An MoE of `n_expert` GELU experts of hidden width `width`, top-k, dropless unless changed."""
-    settings = dict(n_expert=n_expert, top_k=top_k, expert_hidden=width, capacity_factor=None,
-                    eval_capacity_factor=None, aux_loss_weight=0.01, z_loss_weight=0.001)
-    return replace(base, **{**settings, **changes})
-
-
-def models(vocab_size: int) -> dict[str, GPTConfig]:
-    """Every model of the study, by key. Widths: the dense MLP is 4 x 128 = 512 wide; 'active' means
-    the expert width x k per token (512 for all MoEs of the main comparison)."""
-    base = part1_size(vocab_size)
-    found: dict[str, GPTConfig] = {
-        "dense": base,
-        # the upper reference: a dense MLP as wide as all 8 half-width experts together (one expert of
-        # width 2048, always chosen: no router, weight 1, i.e. a plain GELU MLP)
-        "dense-4x-wide": moe(base, 1, 1, 2048, aux_loss_weight=0.0, z_loss_weight=0.0),
-        "moe-8x2": moe(base, 8, 2, 256),  # Part 2's MoE: 8 experts of half width, top-2
-        "switch-8x1": moe(base, 8, 1, 512),  # Switch: top-1 of full width (weight = its probability)
-        "fine-16x4": moe(base, 16, 4, 128),  # fine-grained: each expert split in two, k doubled
-        "moe-8x4": moe(base, 8, 4, 128),  # choosing k: top-4 of quarter width
-    }
-    for aux in (0.0, 0.001, 0.1):  # load x balance (0.01 is moe-8x2 itself)
-        found[f"moe-8x2-aux{aux:g}"] = moe(base, 8, 2, 256, aux_loss_weight=aux)
-    modern = modern_moe_variants(found["moe-8x2"])  # Part 3's variants of Part 2's MoE (notebook 08)
-    found["swiglu-8x2"] = modern["SwiGLU experts"]
-    found["fine-shared-30x6"] = modern["fine-grained + shared"]
-    found["fine-shared-lossfree"] = modern["+ loss-free balancing"]
-    for n_expert in (4, 8, 16):  # capacity x experts, top-2 of half width (moe-8x2 is 8, dropless)
-        for factor in (1.0, 1.25, 2.0, None):
-            key = f"moe-{n_expert}x2-cf{factor:g}" if factor is not None else f"moe-{n_expert}x2"
-            found.setdefault(key, moe(base, n_expert, 2, 256, capacity_factor=factor))
-    return found
-
-
 EXPERIMENTS = {
     "main": ("dense", "moe-8x2", "switch-8x1", "fine-16x4", "dense-4x-wide"),
     "k": ("switch-8x1", "moe-8x2", "moe-8x4"),
@@ -137,8 +99,7 @@ class Protocol:
 def prepared_corpus(corpus_dir: str | None, cache: Path):
     """The Machado token folder (prepared once into `cache`) and the bundled tokenizer."""
     tokenizer = load_tokenizer(BUNDLED_TOKENIZER_NAME)
-    result = prepare(named_source("machado", None, corpus_dir), cache / "machado-tokens", tokenizer,
-                     val_fraction=0.1, progress=False, split="each-document")
+    result = prepare_named("machado", tokenizer, local=corpus_dir, out=cache / "machado-tokens")
     return open_tokens(result.folder), tokenizer
 
 
@@ -301,6 +262,23 @@ def tokenizer_check(corpus_dir: str | None) -> dict:
             "bytes_per_token": {name: val_bytes / n for name, n in found.items()}}
 
 
+def summarise(out: Path) -> Path:
+    """OUT/runs/* plus OUT's analysis files -> nanogpt_lib/data/studies/moe_vs_dense.json (what notebooks read)."""
+    extras = {"protocol": {**asdict(Protocol()), "block_size": 100, "curve_windows": CURVE_WINDOWS,
+                           "corpus": "machado, all genres, each-document split (last 10 % of every work)"},
+              "experiments": {name: list(keys) for name, keys in EXPERIMENTS.items()}}
+    for name in ("baselines", "tokenizer", "specialisation", "timing-cpu", "timing-cuda"):
+        path = out / f"{name}.json"
+        if path.is_file():
+            extras[name.replace("-cpu", "").replace("-cuda", "_cuda")] = json.loads(path.read_text(encoding="utf-8"))
+    target = study_path("moe_vs_dense")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    summary = summarise_runs(out / "runs", extras)
+    atomic_write_text(target, json.dumps(summary, separators=(",", ":")) + "\n")
+    print(f"{len(summary['runs'])} runs -> {target} ({target.stat().st_size / 1e3:.0f} kB)")
+    return target
+
+
 # --------------------------------------------------------------- command
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m studies.moe_vs_dense", description=__doc__.split("\n")[0],
@@ -319,9 +297,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "nanogpt_lib" / "studies",
                    help="token folder and trained weights (not committed)")
     p.add_argument("--timing", action="store_true", help="only measure each model's step time (interleaved)")
+    p.add_argument("--summarise", action="store_true",
+                   help="only condense OUT's run files and analyses into the package's study summary")
     p.add_argument("--analyse", action="store_true",
                    help="only compute the baselines, the tokenizer check and expert specialisation")
     args = p.parse_args(argv)
+    if args.summarise:
+        summarise(args.out)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

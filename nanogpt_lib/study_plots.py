@@ -1,0 +1,173 @@
+"""Figures of a study's results (`study_results.Study`): curves with error bars, paired differences, the
+balance and capacity grids and expert specialisation. Like `plots.py`, each returns the Figure."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from .specialisation import Specialisation
+from .study_results import Study
+
+
+def _tokens_per_step(study: Study) -> int:
+    protocol = study.data["protocol"]
+    return protocol["batch_size"] * protocol["block_size"]
+
+
+def plot_study_curves(study: Study, models: Sequence[str], labels: dict[str, str] | None = None) -> Figure:
+    """Validation loss (fixed sample, mean over seeds, band = ± 1 standard error) against training tokens,
+    and against seconds (each model's interleaved median step time x steps), with the bigram baseline."""
+    labels = labels or {}
+    per_second = all(study.seconds_per_step(m) for m in models)
+    fig, axes = plt.subplots(1, 2 if per_second else 1, figsize=(11, 4.2) if per_second else (6.5, 4.2),
+                             squeeze=False)
+    bigram = study.data.get("baselines", {}).get("bigram")
+    for model in models:
+        steps, mean, se = study.curve(model)
+        n = len(study.of(model))
+        xs = [[s * _tokens_per_step(study) / 1e6 for s in steps]]
+        if per_second:
+            xs.append([s * study.seconds_per_step(model) for s in steps])
+        for ax, x in zip(axes[0], xs, strict=False):
+            (line,) = ax.plot(x[1:], mean[1:], "o-", ms=3, label=f"{labels.get(model, model)} ({n} seeds)")
+            ax.fill_between(x[1:], np.subtract(mean[1:], se[1:]), np.add(mean[1:], se[1:]),
+                            color=line.get_color(), alpha=0.2)
+    for ax, xlabel in zip(axes[0], ("training tokens seen (millions)", "training time (s, this study's CPU timing)"),
+                          strict=False):
+        if bigram is not None:
+            ax.axhline(bigram, ls="--", color="gray", lw=1)
+            ax.text(ax.get_xlim()[1], bigram, " bigram", va="center", ha="left", fontsize=8, color="gray")
+        ax.set(xlabel=xlabel, ylabel="validation loss (nats per token)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title("Per token: the same windows for every model")
+    if per_second:
+        axes[0][1].set_title("Per second: step time measured interleaved")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_differences(study: Study, models: Sequence[str], baseline: str = "dense",
+                            labels: dict[str, str] | None = None) -> Figure:
+    """Each model's final whole-split val loss minus the baseline's, seed by seed (dots), with the mean
+    and ± 1 standard error (bar). Below zero: the model is better."""
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(models) + 1.6))
+    base = study.final(baseline)
+    for i, model in enumerate(models):
+        own = study.final(model)
+        d = [own[s] - base[s] for s in sorted(set(own) & set(base))]
+        ax.scatter(d, [i] * len(d), color="tab:blue", alpha=0.6, s=18, zorder=2)
+        diff = study.versus(model, baseline)
+        err = 0.0 if math.isnan(diff.se) else diff.se
+        ax.errorbar(diff.mean, i, xerr=err, fmt="D", color="black", capsize=4, ms=5, zorder=3)
+    ax.axvline(0, color="gray", lw=1)
+    ax.set_yticks(range(len(models)), [labels.get(m, m) for m in models])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"final validation loss minus {baseline}'s (nats per token; < 0: better)",
+           title="Paired by seed: dots are seeds, diamonds the mean ± 1 SE")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def plot_balance_runs(study: Study, models: Sequence[str], ceiling: float,
+                      labels: dict[str, str] | None = None) -> Figure:
+    """Load imbalance (busiest expert's share over the fair share, mean over layers and seeds) per step in
+    the first steps, then at each evaluation (mean of the 10 steps before), with the ceiling E/k marked."""
+    labels = labels or {}
+    fig, (early, late) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for model in models:
+        runs = list(study.of(model).values())
+        first = np.mean([r["routing"]["early_imbalance"] for r in runs], axis=0)
+        (line,) = early.plot(range(1, len(first) + 1), first, label=f"{labels.get(model, model)}")
+        late.plot(runs[0]["steps"][1:], np.mean([r["routing"]["imbalance"] for r in runs], axis=0), "o-", ms=3,
+                  color=line.get_color())
+    for ax in (early, late):
+        ax.axhline(ceiling, ls="--", color="firebrick", lw=1)
+        ax.axhline(1, ls=":", color="gray", lw=1)
+        ax.grid(alpha=0.3)
+    early.text(1, ceiling, f"E/k = {ceiling:g}: every token on the same k experts", va="bottom", fontsize=8,
+               color="firebrick")
+    early.set(xlabel="training step", ylabel="imbalance (busiest / fair share)", title="Steps 1-60, every step")
+    late.set(xlabel="training step", title="Whole run: mean of the 10 steps before each evaluation")
+    early.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_shares(study: Study, model: str, seed: int) -> Figure:
+    """One run's expert shares at the end of training (mean of its last 10 steps), layer x expert, on a
+    diverging colour map centred on the fair share 1/E."""
+    run = study.of(model)[seed]
+    share = np.asarray(run["routing"]["final_share"])  # (layers, E)
+    n_layers, E = share.shape
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * n_layers + 1.8))
+    image = ax.imshow(share, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1 / E, vmin=0, vmax=max(share.max(), 2 / E)),
+                      aspect="auto")
+    for (i, j), v in np.ndenumerate(share):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    ax.set(xlabel="expert", ylabel="MoE layer", xticks=range(E), yticks=range(n_layers),
+           title=f"{model}, seed {seed}: share of routing choices (fair share {1 / E:.3f})")
+    fig.colorbar(image, ax=ax, label="share of the layer's choices")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grid(study: Study, rows: Sequence[str], columns: Sequence[str], keys: dict[tuple[str, str], str],
+              value: str, row_label: str, column_label: str, title: str) -> Figure:
+    """A heatmap over a grid of models (keys[(row, column)] = model), coloured by `value`: 'dropped' (the
+    dropped share of routing choices at the end of training) or 'val_loss' (final whole-split val loss),
+    each the mean over seeds, with the number in each cell; missing cells stay blank."""
+    grid = np.full((len(rows), len(columns)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            model = keys.get((r, c))
+            if model is None or model not in study.models():
+                continue
+            runs = list(study.of(model).values())
+            if value == "dropped":
+                grid[i, j] = statistics.fmean(run["routing"]["dropped"][-1] for run in runs)
+            else:
+                grid[i, j] = statistics.fmean(run["final"]["val_loss"] for run in runs)
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(rows) + 2))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.1%}" if value == "dropped" else f"{v:.3f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < np.nanmean(grid) else "black")
+    ax.set(xticks=range(len(columns)), xticklabels=columns, yticks=range(len(rows)), yticklabels=rows,
+           xlabel=column_label, ylabel=row_label, title=title)
+    fig.colorbar(image, ax=ax, label="dropped share of choices" if value == "dropped"
+                 else "validation loss (nats per token)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
+    """Enrichment P(expert | label) / P(expert) of one layer as a heatmap, log2 scale, centred on 1 (blue: the
+    expert avoids the label, red: prefers it), with each label's token count on its row."""
+    enrich = spec.enrichment(layer)
+    counts = spec.counts[layer].sum(axis=1)
+    with np.errstate(divide="ignore"):
+        logged = np.log2(enrich)
+    limit = float(np.nanmax(np.abs(logged[np.isfinite(logged)]))) if np.isfinite(logged).any() else 1.0
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(spec.labels) + 1.8))
+    image = ax.imshow(np.clip(logged, -limit, limit), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), v in np.ndenumerate(enrich):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+    ax.set(xticks=range(enrich.shape[1]), yticks=range(len(spec.labels)),
+           yticklabels=[f"{name} ({n:,})" for name, n in zip(spec.labels, counts, strict=True)],
+           xlabel="expert (top-1 choice)", title=title)
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label("log2 enrichment (0: fair share)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,145 @@
+"""A finished study's results, read back: the committed summary of `python -m studies.moe_vs_dense`.
+
+The study writes one file per run (studies/results/moe_vs_dense/runs/MODEL/seedN.json, with every
+step's routing) and `summarise_runs` condenses them into one summary file shipped with the package
+(nanogpt_lib/data/studies/moe_vs_dense.json), so a notebook reads the results on any machine, Colab
+included, without training for hours. Everything here is a plain function of that file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .comparison import PairedDifference, Summary, paired_difference, summarise
+
+STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json"}
+EARLY_STEPS = 60  # per-step routing kept for the first steps (where the router collapses and recovers)
+
+
+def _mean_over_layers(rows: Sequence[Sequence[float]]) -> list[float]:
+    return [statistics.fmean(r) for r in rows]
+
+
+def summarise_runs(runs_dir: str | Path, extras: dict | None = None) -> dict:
+    """{"runs": [...], **extras} from every runs_dir/MODEL/seedN.json: per run, its curve of fixed-sample
+    val losses, its final whole-split losses, its sizes and seconds, and its routing condensed to the
+    evaluation steps (imbalance and dropped share averaged over the 10 steps before, mean over layers),
+    the first EARLY_STEPS steps one by one, and the expert shares of the last 10 steps per layer."""
+    runs = []
+    for path in sorted(Path(runs_dir).glob("*/seed*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        run = {key: r[key] for key in ("model", "seed", "params", "active_params", "final", "train_seconds")}
+        cfg = r["config"]
+        run["config"] = {k: cfg[k] for k in ("n_expert", "top_k", "expert_hidden", "capacity_factor",
+                                             "aux_loss_weight", "z_loss_weight", "expert_type", "n_shared_expert",
+                                             "router_type", "bias_update_rate")}
+        run["steps"] = [e["step"] for e in r["evals"]]
+        run["val_loss"] = [round(e["val_loss"], 5) for e in r["evals"]]
+        run["machine"] = {k: r["machine"][k] for k in ("device", "threads", "cpu_capability")}
+        routing = r["routing"]
+        if routing:
+            imb = _mean_over_layers(routing["imbalance"])  # (steps,)
+            dropped = _mean_over_layers(routing["dropped"])
+            window = [(s, max(0, s - 10), s) for s in run["steps"] if s > 0]
+            run["routing"] = {
+                "imbalance": [round(statistics.fmean(imb[a:b]), 4) for _, a, b in window],
+                "dropped": [round(statistics.fmean(dropped[a:b]), 5) for _, a, b in window],
+                "aux_loss": [round(statistics.fmean(routing["aux_loss"][a:b]), 4) for _, a, b in window],
+                "early_imbalance": [round(v, 3) for v in imb[:EARLY_STEPS]],
+                "final_share": [[round(v, 4) for v in layer] for layer in routing["final_share"]],
+                "final_imbalance_per_layer": [round(statistics.fmean(col), 3)
+                                              for col in zip(*routing["imbalance"][-10:], strict=True)],
+            }
+        runs.append(run)
+    return {"runs": runs, **(extras or {})}
+
+
+@dataclass(frozen=True)
+class Study:
+    """The summary of a study: runs, and whatever the analysis added (baselines, timing, specialisation)."""
+
+    data: dict
+
+    @property
+    def runs(self) -> list[dict]:
+        return self.data["runs"]
+
+    def models(self) -> list[str]:
+        return sorted({r["model"] for r in self.runs})
+
+    def of(self, model: str) -> dict[int, dict]:
+        """{seed: run} of one model."""
+        found = {r["seed"]: r for r in self.runs if r["model"] == model}
+        if not found:
+            raise KeyError(f"model {model!r} has no runs in this study; it has {self.models()}")
+        return found
+
+    def final(self, model: str, key: str = "val_loss") -> dict[int, float]:
+        """{seed: final whole-split value} (key 'val_loss', or 'val_loss_train_capacity')."""
+        return {seed: run["final"][key] for seed, run in self.of(model).items() if key in run["final"]}
+
+    def summary(self, model: str) -> Summary:
+        return summarise(list(self.final(model).values()))
+
+    def versus(self, model: str, baseline: str = "dense") -> PairedDifference:
+        return paired_difference(self.final(model), self.final(baseline))
+
+    def curve(self, model: str) -> tuple[list[int], list[float], list[float]]:
+        """(steps, mean val loss over seeds, its standard error) of the fixed-sample evaluations."""
+        runs = list(self.of(model).values())
+        steps = runs[0]["steps"]
+        means, ses = [], []
+        for i in range(len(steps)):
+            s = summarise([r["val_loss"][i] for r in runs])
+            means.append(s.mean)
+            ses.append(0.0 if math.isnan(s.se) else s.se)
+        return steps, means, ses
+
+    def seconds_per_step(self, model: str) -> float | None:
+        """The interleaved timing's median step time (`timing`), else None."""
+        timing = self.data.get("timing")
+        return None if timing is None else timing["seconds_per_step"].get(model)
+
+    def table(self, models: Sequence[str], baseline: str = "dense") -> list[dict]:
+        """Per model: parameters, seeds, mean final val loss ± SE, and the paired difference to `baseline`."""
+        rows = []
+        for model in models:
+            run = next(iter(self.of(model).values()))
+            row = {"model": model, "params": run["params"], "active_params": run["active_params"],
+                   "val_loss": self.summary(model)}
+            row["difference"] = None if model == baseline else self.versus(model, baseline)
+            rows.append(row)
+        return rows
+
+
+def study_path(name: str = "moe_vs_dense") -> Path:
+    if name not in STUDY_FILES:
+        raise ValueError(f"study {name!r} is not known: choose one of {sorted(STUDY_FILES)}")
+    return Path(str(resources.files("nanogpt_lib") / "data" / "studies" / STUDY_FILES[name]))
+
+
+def load_study(name: str = "moe_vs_dense", path: str | Path | None = None) -> Study:
+    """The committed summary of study `name` (or the summary file at `path`)."""
+    path = study_path(name) if path is None else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study summary {str(path)!r} does not exist; run the study and its --summarise")
+    return Study(json.loads(path.read_text(encoding="utf-8")))
+
+
+def format_table(rows: list[dict], baseline: str = "dense") -> str:
+    """The table as aligned text: model, total / active parameters, val loss ± SE, difference ± SE, wins."""
+    lines = [f"{'model':<16} {'params':>9} {'active':>9}  {'val loss ± SE':<17} {'minus ' + baseline + ' ± SE':<18} "
+             f"wins"]
+    for r in rows:
+        d = r["difference"]
+        diff = "" if d is None else f"{d.mean:+.4f} ± {d.se:.4f}"
+        wins = "" if d is None else f"{d.wins}/{d.n}"
+        lines.append(f"{r['model']:<16} {r['params']:>9,} {r['active_params']:>9,}  "
+                     f"{r['val_loss'].mean:.4f} ± {r['val_loss'].se:.4f}  {diff:<18} {wins}")
+    return "\n".join(lines)
