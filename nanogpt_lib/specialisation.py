@@ -136,11 +136,16 @@ def count_by_label(choices: Sequence[torch.Tensor], labels: np.ndarray, names: S
                    n_expert: int) -> Specialisation:
     """Specialisation counts from first choices (per layer, (N,)) and a label index per token (N,)."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
+    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+        raise ValueError(f"labels must be indices in [0, {len(names)}) (one per name), "
+                         f"got {labels.min()}..{labels.max()}")
     counts = []
     for experts in choices:
         experts = experts.numpy().ravel()
         if experts.shape != labels.shape:
             raise ValueError(f"{experts.shape[0]} routed tokens but {labels.shape[0]} labels")
+        if experts.size and (experts.min() < 0 or experts.max() >= n_expert):
+            raise ValueError(f"expert ids must be in [0, n_expert={n_expert}), got {experts.min()}..{experts.max()}")
         flat = np.bincount(labels * n_expert + experts, minlength=len(names) * n_expert)
         counts.append(flat.reshape(len(names), n_expert))
     return Specialisation(tuple(names), counts)
@@ -172,6 +177,7 @@ def genre_labels(document_tokens: Sequence[Sequence], split: str,
         ends.append(total)
         owner.append(genres.index(str(row[0]).split("/", 1)[0]))
     where = np.searchsorted(np.asarray(ends), np.asarray(positions), side="right")
-    if (where >= len(ends)).any():
-        raise ValueError(f"positions reach {int(np.max(positions))}, past the {total} tokens of the {split} split")
+    if (np.asarray(positions) < 0).any() or (where >= len(ends)).any():
+        raise ValueError(f"positions must be in [0, {total}) (the tokens of the {split} split), got "
+                         f"{int(np.min(positions))}..{int(np.max(positions))}")
     return np.asarray(owner)[where], genres

@@ -107,3 +107,84 @@ def test_corpus_history_plot_and_atomic_png(tmp_path):
     path = save_png(fig, tmp_path / "loss.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["loss.png"]  # no temporary file left behind
+
+
+# ------------------------------------------------------------------ the Part 2 study's models
+@pytest.fixture(scope="module")
+def study_models():
+    from nanogpt_lib.experiments import part2_study_models
+
+    return part2_study_models(4096)
+
+
+def test_part1_size_and_study_moe():
+    from dataclasses import replace
+
+    from nanogpt_lib.experiments import part1_size, study_moe
+
+    base = part1_size(4096)
+    assert (base.block_size, base.vocab_size, base.n_layer, base.n_head, base.n_embd) == (100, 4096, 4, 4, 128)
+    assert base.dropout == 0.0 and base.n_expert == 0
+    moe = study_moe(base, 8, 2, 256)
+    assert moe == replace(base, n_expert=8, top_k=2, expert_hidden=256, capacity_factor=None,
+                          eval_capacity_factor=None, aux_loss_weight=0.01, z_loss_weight=0.001)
+    changed = study_moe(base, 4, 1, 64, capacity_factor=1.5, aux_loss_weight=0.0, n_layer=2)
+    assert (changed.n_expert, changed.top_k, changed.expert_hidden) == (4, 1, 64)
+    assert changed.capacity_factor == 1.5 and changed.aux_loss_weight == 0.0 and changed.n_layer == 2
+    assert changed.z_loss_weight == 0.001
+    assert base.n_expert == 0  # the base is not changed
+
+
+def test_part2_study_models_match_in_active_and_total_parameters(study_models):
+    from nanogpt_lib.costs import model_cost
+    from nanogpt_lib.experiments import part1_size
+
+    dense = model_cost(study_models["dense"])
+    assert dense.params == dense.active_params
+    assert study_models["dense"] == part1_size(4096)
+    same_active = ("moe-8x2", "switch-8x1", "fine-16x4", "moe-8x4", "swiglu-8x2", "fine-shared-30x6",
+                   "fine-shared-lossfree")
+    for key in same_active:  # every MoE uses, per token, what the dense model uses (512 hidden units)
+        cost = model_cost(study_models[key])
+        assert abs(cost.active_params - dense.active_params) <= 0.01 * dense.active_params, key
+        assert cost.params > 1.3 * dense.params, key
+    for key in ("moe-8x2", "switch-8x1", "fine-16x4", "moe-8x4"):
+        c = study_models[key]
+        assert c.expert_hidden * c.top_k == 4 * c.n_embd, key
+    wide, moe = model_cost(study_models["dense-4x-wide"]), model_cost(study_models["moe-8x2"])
+    assert abs(wide.params - moe.params) <= 0.01 * moe.params  # the upper reference: as many weights as moe-8x2
+    assert wide.active_params == wide.params  # one expert that every token uses
+    c = study_models["dense-4x-wide"]
+    assert (c.n_expert, c.top_k, c.expert_hidden, c.aux_loss_weight, c.z_loss_weight) == (1, 1, 2048, 0.0, 0.0)
+
+
+def test_part2_study_models_keys_and_capacity(study_models):
+    for e in (4, 8, 16):
+        for suffix in ("-cf1", "-cf1.25", "-cf2", ""):
+            assert f"moe-{e}x2{suffix}" in study_models
+    for aux in ("0", "0.001", "0.1"):
+        assert study_models[f"moe-8x2-aux{aux}"].aux_loss_weight == float(aux)
+    assert {"dense", "dense-4x-wide", "switch-8x1", "fine-16x4", "moe-8x4"} <= set(study_models)
+    for key, c in study_models.items():
+        assert c.vocab_size == 4096 and c.block_size == 100 and c.dropout == 0.0, key
+        assert c.eval_capacity_factor is None, key  # evaluation never drops a token
+        if c.n_expert == 0:
+            continue
+        if "-cf" in key:
+            assert c.capacity_factor == float(key.rsplit("-cf", 1)[1]), key
+            assert (c.n_expert, c.top_k, c.expert_hidden) == (int(key[4:].split("x")[0]), 2, 256), key
+        else:
+            assert c.capacity_factor is None, key  # dropless
+    assert study_models["moe-8x2-cf1"].capacity_factor == 1.0
+    lossfree = study_models["fine-shared-lossfree"]
+    assert lossfree.router_type == "sigmoid" and lossfree.bias_update_rate > 0 and lossfree.aux_loss_weight == 0
+    assert study_models["swiglu-8x2"].expert_type == "swiglu"
+    assert study_models["fine-shared-30x6"].n_shared_expert == 2
+
+
+def test_the_study_command_names_only_known_models(study_models):
+    from studies.moe_vs_dense import EXPERIMENTS
+
+    named = {key for keys in EXPERIMENTS.values() for key in keys}
+    assert named <= set(study_models), sorted(named - set(study_models))
+    assert set(study_models) <= named, sorted(set(study_models) - named)  # and no model is left unused

@@ -376,3 +376,51 @@ def test_cli_a_damaged_corpus_copy_is_one_line_naming_the_file(tmp_path, capsys)
               "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "miscelanea/estatua.txt has SHA-256" in err and len(err.strip().splitlines()) == 1
+
+
+def test_prepare_named_splits_every_work_and_reuses_its_folder(tmp_path, monkeypatch, bundled_tokenizer):
+    """prepare_named: the corpus's works (here one genre) with the each-document split, reused when unchanged;
+    by default into the cache, in a folder named after the corpus, genres and tokenizer."""
+    import os
+
+    from nanogpt_lib.corpora import CorpusError
+    from nanogpt_lib.prepare import named_source, prepare_named
+    from nanogpt_lib.specialisation import genre_labels
+    from nanogpt_lib.tokenizer import tokenizer_hash
+
+    shared = _machado()
+    assert os.environ.get("NANOGPT_MACHADO_DIR")  # the root conftest.py points the loader at the shared copy
+    out = tmp_path / "tokens"
+    result = prepare_named("machado", bundled_tokenizer, genres=["miscelanea"], out=out)
+    assert result.folder == out and not result.reused
+    meta = open_tokens(out).meta
+    assert meta == result.meta and meta.split == {"method": "each-document", "val_fraction": 0.1}
+    names = sorted(p.name for p in (shared / "miscelanea").glob("*.txt"))
+    assert [r[0] for r in meta.document_tokens] == [f"miscelanea/{n}" for n in names]
+    assert all(val == round((train + val) * 0.1) and val > 0 for _, train, val in meta.document_tokens)
+    data = open_tokens(out)
+    assert len(data.train) == sum(r[1] for r in meta.document_tokens)
+    assert len(data.val) == sum(r[2] for r in meta.document_tokens)
+    # the same tokens as `prepare` of the named source with the each-document split
+    direct = prepare(named_source("machado", ["miscelanea"], shared), tmp_path / "direct", bundled_tokenizer,
+                     val_fraction=0.1, progress=False, split="each-document")
+    assert np.array_equal(open_tokens(direct.folder).train, data.train)
+    assert np.array_equal(open_tokens(direct.folder).val, data.val)
+    # every validation token belongs to the one genre
+    labels, genres = genre_labels(meta.document_tokens, "val", np.arange(len(data.val)))
+    assert genres == ["miscelanea"] and (labels == 0).all()
+    # unchanged: reused, with the local copy named or not
+    assert prepare_named("machado", bundled_tokenizer, genres=["miscelanea"], out=out).reused
+    assert prepare_named("machado", bundled_tokenizer, genres=["miscelanea"], local=shared, out=out).reused
+    # by default into the cache, one folder per corpus, genres and tokenizer
+    monkeypatch.setenv("NANOGPT_CACHE", str(tmp_path / "cache"))
+    cached = prepare_named("machado", bundled_tokenizer, genres=["miscelanea"])
+    digest = tokenizer_hash(bundled_tokenizer)
+    assert digest and cached.folder == tmp_path / "cache" / "tokens" / f"machado-miscelanea-{digest[:12]}"
+    assert np.array_equal(open_tokens(cached.folder).val, data.val)
+    assert prepare_named("machado", bundled_tokenizer, genres=["miscelanea"]).reused
+    with pytest.raises(CorpusError, match="novels"):
+        prepare_named("machado", bundled_tokenizer, genres=["novels"], out=tmp_path / "bad")
+    with pytest.raises(CorpusError, match="shakespeare"):
+        prepare_named("shakespeare", bundled_tokenizer, out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
