@@ -13,6 +13,12 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PY := $(VENV)/bin/python
+# The Machado corpus (notebooks 06, 09; nanogpt_lib/corpora.py) is not in the repository: with a local copy
+# beside the project (../shared/corpora/machado), notebooks and tests read it; otherwise the loader downloads it.
+MACHADO_COPY := $(abspath ../shared/corpora/machado)
+ifneq ($(wildcard $(MACHADO_COPY)/SHA256SUMS),)
+export NANOGPT_MACHADO_DIR ?= $(MACHADO_COPY)
+endif
 
 .PHONY: train test setup lab voila notebooks posts clean
 
@@ -43,7 +49,7 @@ voila: $(VENV)/.installed-dev
 
 # re-execute the notebooks in place, so their stored outputs match the library again
 notebooks: $(VENV)/.installed-dev
-	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.record_timing=False notebooks/0*.ipynb
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.record_timing=False notebooks/[0-9][0-9]_*.ipynb
 	$(MAKE) posts
 
 # the Jekyll site's posts from the executed notebooks (see README.md, "The blog site")

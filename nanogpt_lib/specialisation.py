@@ -64,9 +64,12 @@ def token_class(text: str) -> str:
 
 
 def vocabulary_classes(tokenizer) -> np.ndarray:
-    """(V,) the class index (into CLASSES) of every token id of `tokenizer`."""
+    """(V,) the class index (into CLASSES) of every token id of `tokenizer`; special tokens such as
+    the end-of-text marker between works count as whitespace (they separate, like a blank line)."""
     index = {name: i for i, name in enumerate(CLASSES)}
-    return np.array([index[token_class(tokenizer.decode([i]))] for i in range(len(tokenizer))], dtype=np.int64)
+    special = set(tokenizer.all_special_ids)
+    return np.array([index["whitespace" if i in special else token_class(tokenizer.decode([i]))]
+                     for i in range(len(tokenizer))], dtype=np.int64)
 
 
 @torch.no_grad()

@@ -94,9 +94,11 @@ def plot_balance_runs(study: Study, models: Sequence[str], ceiling: float,
         ax.axhline(ceiling, ls="--", color="firebrick", lw=1)
         ax.axhline(1, ls=":", color="gray", lw=1)
         ax.grid(alpha=0.3)
-    early.text(1, ceiling, f"E/k = {ceiling:g}: every token on the same k experts", va="bottom", fontsize=8,
+    early.text(1, ceiling * 1.01, f"E/k = {ceiling:g}: every token on the same k experts", va="bottom", fontsize=8,
                color="firebrick")
-    early.set(xlabel="training step", ylabel="imbalance (busiest / fair share)", title="Steps 1-60, every step")
+    early.set_ylim(top=ceiling * 1.12)
+    early.set(xlabel="training step", ylabel="imbalance (busiest / fair share)",
+              title=f"Steps 1-{len(first)}, every step")
     late.set(xlabel="training step", title="Whole run: mean of the 10 steps before each evaluation")
     early.legend(fontsize="small")
     fig.tight_layout()
@@ -158,7 +160,8 @@ def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
     counts = spec.counts[layer].sum(axis=1)
     with np.errstate(divide="ignore"):
         logged = np.log2(enrich)
-    limit = float(np.nanmax(np.abs(logged[np.isfinite(logged)]))) if np.isfinite(logged).any() else 1.0
+    finite = np.abs(logged[np.isfinite(logged)])
+    limit = min(4.0, float(finite.max())) if finite.size and finite.max() > 0 else 1.0  # beyond 16x: saturated
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(spec.labels) + 1.8))
     image = ax.imshow(np.clip(logged, -limit, limit), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     for (i, j), v in np.ndenumerate(enrich):
@@ -168,6 +171,6 @@ def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
            yticklabels=[f"{name} ({n:,})" for name, n in zip(spec.labels, counts, strict=True)],
            xlabel="expert (top-1 choice)", title=title)
     bar = fig.colorbar(image, ax=ax)
-    bar.set_label("log2 enrichment (0: fair share)")
+    bar.set_label(f"log2 enrichment (0: fair share; saturates at ±{limit:g})")
     fig.tight_layout()
     return fig

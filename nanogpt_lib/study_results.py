@@ -19,7 +19,7 @@ from pathlib import Path
 from .comparison import PairedDifference, Summary, paired_difference, summarise
 
 STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json"}
-EARLY_STEPS = 60  # per-step routing kept for the first steps (where the router collapses and recovers)
+EARLY_STEPS = 80  # per-step routing and loss kept for the first steps (where the router collapses and recovers)
 
 
 def _mean_over_layers(rows: Sequence[Sequence[float]]) -> list[float]:
@@ -42,6 +42,7 @@ def summarise_runs(runs_dir: str | Path, extras: dict | None = None) -> dict:
         run["steps"] = [e["step"] for e in r["evals"]]
         run["val_loss"] = [round(e["val_loss"], 5) for e in r["evals"]]
         run["machine"] = {k: r["machine"][k] for k in ("device", "threads", "cpu_capability")}
+        run["early_train_loss"] = [round(v, 3) for v in r["train_loss"][:EARLY_STEPS]]
         routing = r["routing"]
         if routing:
             imb = _mean_over_layers(routing["imbalance"])  # (steps,)

@@ -115,17 +115,18 @@ def test_summarise_runs_condenses_each_run(tmp_path):
     np.testing.assert_allclose(r["final_share"], raw["final_share"], atol=6e-5, rtol=0)
     assert np.shape(r["final_share"]) == (2, 4)
     assert r["final_imbalance_per_layer"] == pytest.approx(np.mean(raw["imbalance"][-10:], axis=0), abs=6e-4)
-    assert len(json.dumps(summary)) < 4000  # condensed: no per-step train losses
+    assert len(json.dumps(summary)) < 5000  # condensed: train losses of the first steps only
 
 
 def test_summarise_runs_keeps_the_first_steps_and_short_first_windows(tmp_path):
     runs = tmp_path / "runs"
     raw = _write(runs, _record("moe", 3, MOE, steps=100, eval_every=5, final={"val_loss": 4.0}))["routing"]
     (run,) = summarise_runs(runs)["runs"]
-    assert EARLY_STEPS == 60
+    assert EARLY_STEPS == 80
     imb = np.mean(raw["imbalance"], axis=1)
-    assert len(run["routing"]["early_imbalance"]) == 60  # capped at EARLY_STEPS
-    assert run["routing"]["early_imbalance"] == pytest.approx(imb[:60], abs=6e-4)
+    assert len(run["routing"]["early_imbalance"]) == 80  # capped at EARLY_STEPS
+    assert run["routing"]["early_imbalance"] == pytest.approx(imb[:80], abs=6e-4)
+    assert len(run["early_train_loss"]) == 80
     assert len(run["routing"]["imbalance"]) == len(run["steps"]) - 1 == 20
     assert run["routing"]["imbalance"][0] == pytest.approx(imb[:5].mean(), abs=6e-5)  # step 5: 5 steps only
     assert run["routing"]["imbalance"][-1] == pytest.approx(imb[90:100].mean(), abs=6e-5)
