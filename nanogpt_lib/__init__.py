@@ -4,6 +4,8 @@
     model           GPT: GPT-2 in PyTorch, with GPT-2's module names
     moe             Mixture of Experts: router, top-k, capacity, dispatch, balancing losses
     hf              conversion to and from transformers' GPT2LMHeadModel
+    hf_moe          conversion of transformers' MoE blocks (Mixtral, Qwen, OLMoE, gpt-oss, DeepSeek-V3), parity
+    real_models     released MoE models counted from their published hyperparameters
     tokenizer       load_tokenizer: the blog's Hub tokenizer, or the bundled fallback
     tokenizer_train how the bundled tokenizer was trained (reproducible)
     data            bundled texts, user files, the target shift, corpus batches
@@ -11,7 +13,13 @@
     evaluation      perplexity, reconstruction, continuation, per-position probabilities
     checkup         the 25 % check-up shared by the command line and the notebooks
     costs           parameters, FLOPs, memory and forward time of a configuration
-    experiments     small experiments the notebooks run (capacity vs cost, dense vs MoE)
+    experiments     small experiments the notebooks run (capacity vs cost, dense vs MoE), the study's models
+    corpora         named corpora the package does not ship (Machado de Assis): source, checksums, cache
+    comparison      a fixed validation set for every model, and paired statistics over seeds
+    baselines       unigram and bigram count models: the floor a language model must beat
+    specialisation  which tokens go to which expert, by token class and by genre
+    study_results   a finished study's committed summary, read back (tables, curves)
+    study_plots     figures of a study's results
     plots           the notebooks' matplotlib figures, the GPT and MoE diagrams
     source          show_source: the library's own code, displayed in the notebooks
     widgets         slider callbacks and their ipywidgets wiring

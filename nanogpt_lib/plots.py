@@ -504,7 +504,8 @@ def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts
     x_sum = 11.0
     if S:
         shared_y = bottom - 0.75
-        _box(ax, x_exp, shared_y, 2.6, 0.8, f"{S} shared expert{'s' if S > 1 else ''}: every token, w = 1\n"
+        _box(ax, x_exp, shared_y, 2.6, 0.8, f"{S} shared expert{'s' if S > 1 else ''}: every token, "
+                                            f"{'w = sigmoid gate' if config.shared_expert_gate else 'w = 1'}\n"
                                             f"{_count(layer.shared_experts)}", "shared", 6.8)
         ax.plot([1.65, 1.65, x_exp - 1.3], [4.5, shared_y, shared_y], color="tab:blue", lw=0.9)
         _arrow(ax, (x_exp + 1.3, shared_y), (x_sum - 0.5, 4.8), color="tab:blue")

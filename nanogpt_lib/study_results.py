@@ -144,3 +144,15 @@ def format_table(rows: list[dict], baseline: str = "dense") -> str:
         lines.append(f"{r['model']:<16} {r['params']:>9,} {r['active_params']:>9,}  "
                      f"{r['val_loss'].mean:.4f} ± {r['val_loss'].se:.4f}  {diff:<18} {wins}")
     return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict], baseline: str = "dense") -> str:
+    """The table for documentation: model, parameters, val loss ± SE, difference to the baseline ± SE, wins."""
+    lines = [f"| model | total params | active | seeds | val loss ± SE | minus {baseline} ± SE | wins |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r["difference"]
+        diff, wins = ("", "") if d is None else (f"{d.mean:+.4f} ± {d.se:.4f}", f"{d.wins}/{d.n}")
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['active_params']:,} | {r['val_loss'].n} | "
+                     f"{r['val_loss'].mean:.4f} ± {r['val_loss'].se:.4f} | {diff} | {wins} |")
+    return "\n".join(lines)

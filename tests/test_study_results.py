@@ -29,6 +29,7 @@ from nanogpt_lib.study_results import (  # noqa: E402
     Study,
     format_table,
     load_study,
+    markdown_table,
     study_path,
     summarise_runs,
 )
@@ -218,6 +219,10 @@ def test_study_table_timing_and_format(study_data):
     assert lines[2].split() == ["moe-4x2", "2,000,000", "1,335,040", f"{statistics.fmean(MOE_FINAL.values()):.4f}",
                                 "±", f"{study.summary('moe-4x2').se:.4f}", f"{d.mean:+.4f}", "±", f"{d.se:.4f}", "2/3"]
     assert "minus moe-4x2" in format_table(study.table(["dense"], "moe-4x2"), baseline="moe-4x2")
+    table = markdown_table(rows).splitlines()
+    assert table[0].startswith("| model |") and table[1] == "|---|---|---|---|---|---|---|"
+    assert table[2] == f"| dense | 1,330,432 | 1,330,432 | 3 | 3.1000 ± {study.summary('dense').se:.4f} |  |  |"
+    assert table[3].endswith(f"| {d.mean:+.4f} ± {d.se:.4f} | 2/3 |")
 
 
 def test_load_study_from_a_path_and_errors(study_data, tmp_path):
