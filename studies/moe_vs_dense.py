@@ -204,6 +204,9 @@ def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: P
                     torch.cuda.synchronize()
                 if r > 0:
                     times[key].append(time.perf_counter() - began)
+    untrained = [key for key, (_, _, loaded) in trained.items() if not loaded]
+    if untrained:
+        print(f"timing: no trained weights for {untrained}; their router is fresh (balanced), so they may look faster")
     return {key: statistics.median(v) for key, v in times.items()}
 
 
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         analyse(configs, data, tokenizer, args)
         return
     if args.timing:
-        keys = list(dict.fromkeys(EXPERIMENTS["main"] + EXPERIMENTS["k"]))
+        keys = [key for key in dict.fromkeys(EXPERIMENTS["main"] + EXPERIMENTS["k"])
+                if weights_path(args.work, key, args.seeds[0]).is_file()]
         seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device)
         out = {"seconds_per_step": seconds, "machine": machine(device), "rounds": 8, "steps_per_round": 5,
                "batch_tokens": protocol.batch_size * 100}
