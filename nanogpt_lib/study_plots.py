@@ -16,6 +16,11 @@ from .specialisation import Specialisation
 from .study_results import Study
 
 
+def _ink(shade: float) -> str:
+    """Text colour readable on a diverging colour map at `shade` in [0, 1] (dark at both ends)."""
+    return "white" if shade < 0.2 or shade > 0.8 else "black"
+
+
 def _tokens_per_step(study: Study) -> int:
     protocol = study.data["protocol"]
     return protocol["batch_size"] * protocol["block_size"]
@@ -112,10 +117,10 @@ def plot_expert_shares(study: Study, model: str, seed: int) -> Figure:
     share = np.asarray(run["routing"]["final_share"])  # (layers, E)
     n_layers, E = share.shape
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * n_layers + 1.8))
-    image = ax.imshow(share, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1 / E, vmin=0, vmax=max(share.max(), 2 / E)),
-                      aspect="auto")
+    norm = TwoSlopeNorm(vcenter=1 / E, vmin=0, vmax=max(share.max(), 2 / E))
+    image = ax.imshow(share, cmap="RdBu_r", norm=norm, aspect="auto")
     for (i, j), v in np.ndenumerate(share):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=_ink(float(norm(v))))
     ax.set(xlabel="expert", ylabel="MoE layer", xticks=range(E), yticks=range(n_layers),
            title=f"{model}, seed {seed}: share of routing choices (fair share {1 / E:.3f})")
     fig.colorbar(image, ax=ax, label="share of the layer's choices")
@@ -166,7 +171,8 @@ def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
     image = ax.imshow(np.clip(logged, -limit, limit), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     for (i, j), v in np.ndenumerate(enrich):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+            shade = (np.clip(logged[i, j], -limit, limit) + limit) / (2 * limit)
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color=_ink(float(shade)))
     ax.set(xticks=range(enrich.shape[1]), yticks=range(len(spec.labels)),
            yticklabels=[f"{name} ({n:,})" for name, n in zip(spec.labels, counts, strict=True)],
            xlabel="expert (top-1 choice)", title=title)
