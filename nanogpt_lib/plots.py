@@ -549,7 +549,7 @@ def plot_active_vs_total(rows: Sequence) -> Figure:
         left = y / x > 0.15  # the upper points labelled on their left, the lower ones on their right
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(-7, 3) if left else (7, -3), fontsize=7.5,
                     ha="right" if left else "left", va="bottom" if left else "top")
-    ax.set(xscale="log", yscale="log", xlim=(low, high),
+    ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(min(actives) / 4, max(actives) * 4),
            xlabel="total parameters (billions, log scale)",
            ylabel="active parameters per token (billions, log scale)",
            title="Released MoE models: what a token uses against what is stored")

@@ -112,6 +112,17 @@ def test_parity_checks_cover_every_family_with_both_dispatches():
         assert check.max_abs_diff <= 1e-5 * max(1.0, check.max_abs_value), check
         assert check.max_abs_value > 0.01
     assert [c.same_choices for c in checks if c.same_choices is not None] == [True]
+    clamped = [c for c in checks if "the clamp cuts" in c.name]
+    assert len(clamped) == 2 and all(c.name.startswith("gpt-oss") for c in clamped)
+
+
+def test_the_clamped_parity_case_really_clamps():
+    theirs, convert = reference_block("gpt-oss", 32, 16, seed=0, swiglu_limit=0.1)
+    x = torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(0))
+    flat = x.reshape(-1, 32)
+    with torch.no_grad():
+        gate_up = flat @ theirs.experts.gate_up_proj[0] + theirs.experts.gate_up_proj_bias[0]  # expert 0, all tokens
+    assert (gate_up.abs() > 0.1).float().mean() > 0.2  # a fifth of the values beyond the limit: the clamp acts
 
 
 # ---------------------------------------------------------------- the balancing losses

@@ -245,7 +245,7 @@ def test_deepseek_settings_without_a_counterpart_are_refused(overrides, message)
 
 def test_parity_checks_report_float_rounding_only():
     checks = parity_checks(seed=0)
-    assert len(checks) == 19
+    assert len(checks) == 21
     for check in checks:
         assert check.max_abs_diff <= 1e-5 * max(1.0, check.max_abs_value), check
         assert check.max_abs_value > 0.01  # compared values of a meaningful size
