@@ -180,3 +180,23 @@ def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
     bar.set_label(f"log2 enrichment (0: fair share; saturates at ±{limit:g})")
     fig.tight_layout()
     return fig
+
+
+def plot_early_vs_final(study: Study, models: Sequence[str], step: int = 100,
+                        labels: dict[str, str] | None = None) -> Figure:
+    """Each run's validation loss at `step` (fixed sample) against its final one, one colour per model: how
+    much of a run's outcome is decided early."""
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    for model in models:
+        runs = list(study.of(model).values())
+        at = runs[0]["steps"].index(step)
+        ax.scatter([r["val_loss"][at] for r in runs], [r["val_loss"][-1] for r in runs], s=28,
+                   label=labels.get(model, model))
+    ax.set(xlabel=f"validation loss at step {step} (nats per token, fixed sample)",
+           ylabel="validation loss at the end (nats per token, fixed sample)",
+           title=f"A run's fate is visible by step {step}: one dot per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -238,8 +238,12 @@ def analyse(configs: dict[str, GPTConfig], data, tokenizer, args) -> None:
         choices = first_choices(model, x)
         by_class = count_by_label(choices, classes[x.reshape(-1).numpy()], CLASSES, configs[key].n_expert)
         by_genre = count_by_label(choices, genres, genre_names, configs[key].n_expert)
+        shuffle = torch.Generator().manual_seed(0)
+        shuffled = [c[torch.randperm(len(c), generator=shuffle)] for c in choices]
         results[key] = {"seed": args.seeds[0], "by_class": by_class.to_dict(), "by_genre": by_genre.to_dict(),
                         "token_purity": token_purity(choices, x),
+                        # the same choices shuffled over the tokens: the purity of routing that ignores the token
+                        "token_purity_shuffled": token_purity(shuffled, x),
                         "nmi_class": [by_class.normalised_mutual_information(i) for i in range(len(choices))],
                         "nmi_genre": [by_genre.normalised_mutual_information(i) for i in range(len(choices))]}
         shown = {name: [round(v, 3) for v in results[key][name]] for name in ("token_purity", "nmi_class", "nmi_genre")}
