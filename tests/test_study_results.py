@@ -18,6 +18,7 @@ from nanogpt_lib import GPTConfig  # noqa: E402
 from nanogpt_lib.specialisation import Specialisation  # noqa: E402
 from nanogpt_lib.study_plots import (  # noqa: E402
     plot_balance_runs,
+    plot_early_vs_final,
     plot_expert_shares,
     plot_grid,
     plot_paired_differences,
@@ -367,4 +368,17 @@ def test_plot_specialisation(counts):
     assert labels[0] == f"punctuation ({sum(counts[0]):,})"
     finite = np.isfinite(spec.enrichment(1))
     assert len(ax.texts) == finite.sum()
+    plt.close(fig)
+
+
+def test_plot_early_vs_final_puts_one_dot_per_run():
+    runs = [{"model": m, "seed": s, "steps": [0, 100, 200], "val_loss": [8.0, 6.0 + 0.1 * s, 5.0 + 0.1 * s],
+             "final": {"val_loss": 5.0 + 0.1 * s}} for m in ("dense", "moe") for s in range(3)]
+    fig = plot_early_vs_final(Study({"runs": runs}), ["dense", "moe"], step=100)
+    (ax,) = fig.axes
+    assert ax.get_title() and "step 100" in ax.get_xlabel() and ax.get_ylabel()
+    points = [c.get_offsets() for c in ax.collections]
+    assert [len(p) for p in points] == [3, 3]
+    assert points[0][:, 0].tolist() == pytest.approx([6.0, 6.1, 6.2]) and points[0][:, 1].tolist() == pytest.approx(
+        [5.0, 5.1, 5.2])
     plt.close(fig)
