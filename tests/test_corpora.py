@@ -212,7 +212,7 @@ class Upstream:
                 file = upstream.shared / local
                 if local in upstream.override:
                     body = upstream.override[local]
-                elif file.is_file() and upstream.shared in file.resolve().parents:
+                elif file.is_file() and upstream.shared.resolve() in file.resolve().parents:
                     body = file.read_bytes()
                 else:
                     body = None
