@@ -106,6 +106,5 @@ def paired_difference(model: Mapping[int, float], baseline: Mapping[int, float])
     if not seeds:
         raise ValueError(f"no common seeds: model has {sorted(model)}, baseline has {sorted(baseline)}")
     d = [model[s] - baseline[s] for s in seeds]
-    n = len(d)
-    se = statistics.stdev(d) / math.sqrt(n) if n > 1 else math.nan
-    return PairedDifference(statistics.fmean(d), se, sum(v < 0 for v in d), n)
+    spread = summarise(d)
+    return PairedDifference(spread.mean, spread.se, sum(v < 0 for v in d), spread.n)

@@ -158,9 +158,8 @@ def corpus_dir(name: str, local: str | Path | None = None, *, genres: Sequence[s
     if todo and not download:
         raise CorpusError(f"corpus {corpus.name!r} is not in the cache {str(folder)!r} and downloading is off; "
                           f"give a local copy with --corpus-dir or ${corpus.env}")
-    for relative in todo:
+    for relative in todo:  # each checked against its checksum before it lands; the others were checked above
         _download(corpus, relative, folder / relative, sums[relative], base_url)
-    verify(folder, corpus, files, "the cache")
     return folder
 
 

@@ -177,21 +177,18 @@ def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: P
                device: torch.device, rounds: int = 8, steps_per_round: int = 5) -> dict[str, float]:
     """Median seconds per training step of each model, measured interleaved (model A's steps, then B's,
     ... repeated `rounds` times) on real batches, starting from the first seed's trained weights (so the
-    router is as skewed as it is at the end of training)."""
+    router is as skewed as it is at the end of training); the caller keeps only models that have them."""
     trained = {}
     for key in keys:
-        torch.manual_seed(seed)
         model = GPT(configs[key]).to(device)
-        path = weights_path(work, key, seed)
-        if path.is_file():
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        model.load_state_dict(torch.load(weights_path(work, key, seed), map_location=device, weights_only=True))
         opt = torch.optim.AdamW(model.parameters(), lr=protocol.lr * 0.1, weight_decay=0.01, betas=(0.9, 0.95))
-        trained[key] = (model, opt, path.is_file())
+        trained[key] = (model, opt)
     times: dict[str, list[float]] = {key: [] for key in keys}
     block = 100
     for r in range(rounds + 1):  # round 0 warms up
         for key in keys:
-            model, opt, _ = trained[key]
+            model, opt = trained[key]
             for s in range(steps_per_round):
                 step = 10_000 + r * steps_per_round + s
                 starts = window_starts(len(data.train), block, protocol.batch_size, seed, TRAIN_STREAM, step)
@@ -204,9 +201,6 @@ def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: P
                     torch.cuda.synchronize()
                 if r > 0:
                     times[key].append(time.perf_counter() - began)
-    untrained = [key for key, (_, _, loaded) in trained.items() if not loaded]
-    if untrained:
-        print(f"timing: no trained weights for {untrained}; their router is fresh (balanced), so they may look faster")
     return {key: statistics.median(v) for key, v in times.items()}
 
 
