@@ -154,8 +154,17 @@ def part2_study_models(vocab_size: int) -> dict[str, GPTConfig]:
     found["swiglu-8x2"] = modern["SwiGLU experts"]
     found["fine-shared-30x6"] = modern["fine-grained + shared"]
     found["fine-shared-lossfree"] = modern["+ loss-free balancing"]
-    for n_expert in (4, 8, 16):  # capacity x experts, top-2 of half width (moe-8x2 is 8, dropless)
-        for factor in (1.0, 1.25, 2.0, None):
-            key = f"moe-{n_expert}x2-cf{factor:g}" if factor is not None else f"moe-{n_expert}x2"
-            found.setdefault(key, study_moe(base, n_expert, 2, 256, capacity_factor=factor))
+    for n_expert in CAPACITY_EXPERTS:  # capacity x experts, top-2 of half width (moe-8x2 is 8, dropless)
+        for factor in CAPACITY_FACTORS:
+            found.setdefault(capacity_key(n_expert, factor), study_moe(base, n_expert, 2, 256, capacity_factor=factor))
     return found
+
+
+CAPACITY_EXPERTS = (4, 8, 16)  # the capacity grid's numbers of experts (top-2 of half width)
+CAPACITY_FACTORS = (1.0, 1.25, 2.0, None)  # its capacity factors in training (None: dropless)
+
+
+def capacity_key(n_expert: int, factor: float | None) -> str:
+    """The study's key of the top-2 half-width MoE with `n_expert` experts and training capacity `factor`:
+    'moe-8x2-cf1.25', or 'moe-8x2' when dropless (factor None)."""
+    return f"moe-{n_expert}x2" + ("" if factor is None else f"-cf{factor:g}")

@@ -286,22 +286,30 @@ def _rolling_mean(values: Sequence[float], window: int) -> list[float]:
 def plot_balance(results: Sequence, window: int = 10) -> Figure:
     """Per training step, for each MoE model: the busiest expert's share over the fair share (left) and
     the share of choices dropped (right), each averaged over the MoE layers and over the last `window`
-    steps. `results` are `experiments.CorpusResult`s; dense models are skipped."""
+    steps. `results` are `experiments.CorpusResult`s; dense models are skipped. When no model dropped a
+    single choice (every one dropless) the right panel, all zeros, is left out."""
     moe_results = [r for r in results if r.history.moe]
     if not moe_results:
         raise ValueError("none of these results has MoE routing records (dense models only?)")
-    fig, (ax_imb, ax_drop) = plt.subplots(1, 2, figsize=(12, 3.6))
+    summaries = {r.name: list(zip(*(balance_summary([rec]) for rec in r.history.moe), strict=True))  # per step
+                 for r in moe_results}
+    any_dropped = any(d > 0 for imb, drop in summaries.values() for d in drop)
+    fig, axes = plt.subplots(1, 2 if any_dropped else 1, figsize=(12, 3.6) if any_dropped else (6.5, 3.6),
+                             squeeze=False)
+    ax_imb = axes[0][0]
     for r in moe_results:
         steps = r.history.epoch[-len(r.history.moe):]
-        imb, drop = zip(*(balance_summary([rec]) for rec in r.history.moe), strict=True)  # per step
-        drop = [100 * d for d in drop]
+        imb, drop = summaries[r.name]
         ax_imb.plot(steps, _rolling_mean(imb, window), lw=1.5, label=r.name)
-        ax_drop.plot(steps, _rolling_mean(drop, window), lw=1.5, label=r.name)
+        if any_dropped:
+            axes[0][1].plot(steps, _rolling_mean([100 * d for d in drop], window), lw=1.5, label=r.name)
     ax_imb.axhline(1.0, color="grey", ls=":", label="1 = perfectly balanced")
     ax_imb.set(xlabel="step", ylabel="busiest expert / fair share",
                title=f"Load imbalance (mean over layers, {window}-step average)")
-    ax_drop.set(xlabel="step", ylabel="% of choices dropped", title=f"Dropped over capacity ({window}-step average)")
-    for ax in (ax_imb, ax_drop):
+    if any_dropped:
+        axes[0][1].set(xlabel="step", ylabel="% of choices dropped",
+                       title=f"Dropped over capacity ({window}-step average)")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from .comparison import PairedDifference, Summary, paired_difference, summarise
+from .experiments import capacity_key
 
 STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json"}
 EARLY_STEPS = 80  # per-step routing and loss kept for the first steps (where the router collapses and recovers)
@@ -53,6 +54,7 @@ def summarise_runs(runs_dir: str | Path, extras: dict | None = None) -> dict:
                 "dropped": [round(statistics.fmean(dropped[a:b]), 5) for _, a, b in window],
                 "aux_loss": [round(statistics.fmean(routing["aux_loss"][a:b]), 4) for _, a, b in window],
                 "early_imbalance": [round(v, 3) for v in imb[:EARLY_STEPS]],
+                "early_dropped": [round(v, 4) for v in dropped[:EARLY_STEPS]],
                 "final_share": [[round(v, 4) for v in layer] for layer in routing["final_share"]],
                 "final_imbalance_per_layer": [round(statistics.fmean(col), 3)
                                               for col in zip(*routing["imbalance"][-10:], strict=True)],
@@ -117,6 +119,60 @@ class Study:
             row["difference"] = None if model == baseline else self.versus(model, baseline)
             rows.append(row)
         return rows
+
+
+    def capacity_grid(self, n_experts: Sequence[int], factors: Sequence[float | None]) -> list[CapacityCell]:
+        """One cell per (number of experts, training capacity factor) of the study's capacity grid that has
+        runs, in the order given; each compared with the dropless model of the same number of experts."""
+        cells = []
+        for n_expert in n_experts:
+            for factor in factors:
+                model = capacity_key(n_expert, factor)
+                if model not in self.models():
+                    continue
+                runs = list(self.of(model).values())
+                with_capacity = self.final(model, "val_loss_train_capacity")
+                cells.append(CapacityCell(
+                    n_expert=n_expert, factor=factor, model=model,
+                    dropped=statistics.fmean(r["routing"]["dropped"][-1] for r in runs),
+                    peak_dropped=statistics.fmean(max(r["routing"]["early_dropped"]) for r in runs),
+                    val_loss=self.summary(model),
+                    val_loss_train_capacity=summarise(list(with_capacity.values())) if with_capacity else None,
+                    versus_dropless=None if factor is None else paired_difference(
+                        self.final(model), self.final(capacity_key(n_expert, None))),
+                    capacity_at_eval=paired_difference(with_capacity, self.final(model)) if with_capacity else None,
+                ))
+        return cells
+
+
+@dataclass(frozen=True)
+class CapacityCell:
+    """One model of the capacity grid: top-2 of half width, `n_expert` experts, training capacity `factor`."""
+
+    n_expert: int
+    factor: float | None  # None: dropless
+    model: str
+    dropped: float  # share of routing choices over capacity in the last 10 training steps, mean over seeds
+    peak_dropped: float  # the largest such share of one of the first EARLY_STEPS steps, mean over seeds
+    val_loss: Summary  # final whole-split loss, evaluated without a capacity limit
+    val_loss_train_capacity: Summary | None  # the same, evaluated with the training capacity
+    versus_dropless: PairedDifference | None  # val_loss minus the dropless model's, seed by seed
+    capacity_at_eval: PairedDifference | None  # evaluated with the training capacity minus without, same runs
+
+
+def format_capacity_grid(cells: Sequence[CapacityCell]) -> str:
+    """The capacity grid as aligned text, one line per model."""
+    lines = [f"{'E':>3} {'factor':>8} {'dropped':>8} {'peak':>7}  {'val loss ± SE':<16} {'minus dropless ± SE':<20} "
+             f"{'wins':<5} {'capacity at eval ± SE':<21}"]
+    for c in cells:
+        factor = "dropless" if c.factor is None else f"{c.factor:g}"
+        d, e = c.versus_dropless, c.capacity_at_eval
+        versus = "" if d is None else f"{d.mean:+.4f} ± {d.se:.4f}"
+        wins = "" if d is None else f"{d.wins}/{d.n}"
+        at_eval = "" if e is None else f"{e.mean:+.4f} ± {e.se:.4f}"
+        lines.append(f"{c.n_expert:>3} {factor:>8} {c.dropped:>8.2%} {c.peak_dropped:>7.1%}  {c.val_loss!s:<16} "
+                     f"{versus:<20} {wins:<5} {at_eval}".rstrip())
+    return "\n".join(lines)
 
 
 def study_path(name: str = "moe_vs_dense") -> Path:

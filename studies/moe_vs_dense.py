@@ -52,6 +52,7 @@ from nanogpt_lib.comparison import fixed_windows, windows_loss
 from nanogpt_lib.corpora import corpus_works
 from nanogpt_lib.corpus_train import CorpusConfig, accumulated_step, train_corpus
 from nanogpt_lib.distributed import DistContext
+from nanogpt_lib.experiments import CAPACITY_EXPERTS, CAPACITY_FACTORS, capacity_key
 from nanogpt_lib.experiments import part2_study_models as models
 from nanogpt_lib.moe import MoE, imbalance
 from nanogpt_lib.prepare import prepare_named
@@ -78,8 +79,7 @@ EXPERIMENTS = {
     "k": ("switch-8x1", "moe-8x2", "moe-8x4"),
     "aux": ("moe-8x2-aux0", "moe-8x2-aux0.001", "moe-8x2", "moe-8x2-aux0.1"),
     "modern": ("moe-8x2", "swiglu-8x2", "fine-shared-30x6", "fine-shared-lossfree"),
-    "capacity": tuple(f"moe-{e}x2" + (f"-cf{f:g}" if f is not None else "")
-                      for e in (4, 8, 16) for f in (1.0, 1.25, 2.0, None)),
+    "capacity": tuple(capacity_key(e, f) for e in CAPACITY_EXPERTS for f in CAPACITY_FACTORS),
 }
 
 

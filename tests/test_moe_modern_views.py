@@ -1,5 +1,7 @@
 """Part 3's helpers for notebook 07: the balancing simulation, its slider table and the plots."""
 
+from dataclasses import replace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -77,10 +79,20 @@ def test_modern_explorer_updates_when_a_slider_moves():
 
 
 def test_balance_plot_draws_every_moe_model(results):
+    assert any(d > 0 for r in results for rec in r.history.moe for d in rec["dropped"])  # capacity 1.25 drops
     fig = plot_balance(results, window=2)
     left, right = fig.axes
     assert [line.get_label() for line in left.lines][:2] == ["aux loss", "bias"]
     assert len(left.lines[0].get_xdata()) == 6 and len(right.lines) == 2
+    plt.close(fig)
+
+
+def test_balance_plot_leaves_out_the_dropped_panel_when_nothing_was_dropped(results):
+    dropless = [replace(r, history=replace(r.history, moe=[{**rec, "dropped": [0.0] * len(rec["dropped"])}
+                                                             for rec in r.history.moe])) for r in results]
+    fig = plot_balance(dropless, window=2)
+    (left,) = fig.axes
+    assert "imbalance" in left.get_title() and len(left.lines) == 2 + 1  # two models and the balanced line
     plt.close(fig)
 
 

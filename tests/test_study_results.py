@@ -28,6 +28,7 @@ from nanogpt_lib.study_plots import (  # noqa: E402
 from nanogpt_lib.study_results import (  # noqa: E402
     EARLY_STEPS,
     Study,
+    format_capacity_grid,
     format_table,
     load_study,
     markdown_table,
@@ -114,6 +115,7 @@ def test_summarise_runs_condenses_each_run(tmp_path):
     assert r["aux_loss"] == pytest.approx([np.mean(raw["aux_loss"][a:b]) for a, b in windows], abs=6e-5)
     assert len(r["early_imbalance"]) == 25  # every step, when there are fewer than EARLY_STEPS
     assert r["early_imbalance"] == pytest.approx(imb, abs=6e-4)
+    assert r["early_dropped"] == pytest.approx(dropped, abs=6e-5)
     np.testing.assert_allclose(r["final_share"], raw["final_share"], atol=6e-5, rtol=0)
     assert np.shape(r["final_share"]) == (2, 4)
     assert r["final_imbalance_per_layer"] == pytest.approx(np.mean(raw["imbalance"][-10:], axis=0), abs=6e-4)
@@ -382,3 +384,36 @@ def test_plot_early_vs_final_puts_one_dot_per_run():
     assert points[0][:, 0].tolist() == pytest.approx([6.0, 6.1, 6.2]) and points[0][:, 1].tolist() == pytest.approx(
         [5.0, 5.1, 5.2])
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ the capacity grid
+def test_capacity_grid_pairs_each_factor_with_the_dropless_model_of_its_size(tmp_path):
+    runs = tmp_path / "runs"
+    dropless = {0: 4.0, 1: 4.2}
+    capped = {0: 4.1, 1: 4.15}  # minus dropless: +0.1, -0.05
+    at_eval = {0: 4.3, 1: 4.15}  # evaluated with the training capacity, minus without: +0.2, 0
+    for seed in (0, 1):
+        _write(runs, _record("moe-4x2", seed, MOE, steps=30, eval_every=10, final={"val_loss": dropless[seed]}))
+        _write(runs, _record("moe-4x2-cf1.25", seed, replace(MOE, capacity_factor=1.25), steps=30, eval_every=10,
+                             final={"val_loss": capped[seed], "val_loss_train_capacity": at_eval[seed]}))
+    study = Study(summarise_runs(runs))
+    cells = study.capacity_grid([4, 8], [1.0, 1.25, None])  # 8 experts and factor 1 have no runs: left out
+    assert [(c.n_expert, c.factor, c.model) for c in cells] == [(4, 1.25, "moe-4x2-cf1.25"), (4, None, "moe-4x2")]
+    capped_cell, dropless_cell = cells
+    assert capped_cell.versus_dropless.mean == pytest.approx(0.025) and capped_cell.versus_dropless.wins == 1
+    assert capped_cell.versus_dropless.se == pytest.approx(statistics.stdev([0.1, -0.05]) / math.sqrt(2))
+    assert capped_cell.capacity_at_eval.mean == pytest.approx(0.1) and capped_cell.capacity_at_eval.n == 2
+    assert capped_cell.val_loss_train_capacity.mean == pytest.approx(4.225)
+    assert dropless_cell.versus_dropless is None and dropless_cell.capacity_at_eval is None
+    assert dropless_cell.val_loss_train_capacity is None and dropless_cell.val_loss.mean == pytest.approx(4.1)
+    # _routing's dropped share is the mean over 2 layers of 0.05 * layer + 0.001 * t: 0.025 + 0.001 * t
+    assert capped_cell.dropped == pytest.approx(0.025 + 0.001 * 24.5, abs=1e-4)  # the last 10 of 30 steps
+    assert capped_cell.peak_dropped == pytest.approx(0.025 + 0.001 * 29, abs=1e-4)  # the largest of the first 30
+    lines = format_capacity_grid(cells).splitlines()
+    assert lines[0].split()[:4] == ["E", "factor", "dropped", "peak"]
+    assert lines[1].split() == ["4", "1.25", "4.95%", "5.4%", "4.1250", "±", "0.0250", "+0.0250", "±", "0.0750",
+                                "1/2", "+0.1000", "±", "0.1000"]
+    assert lines[2].split() == ["4", "dropless", "4.95%", "5.4%", "4.1000", "±", "0.1000"]
+    without_dropless = Study({"runs": [r for r in study.runs if r["model"] != "moe-4x2"]})
+    with pytest.raises(KeyError, match="model 'moe-4x2' has no runs"):  # nothing to compare the capped model with
+        without_dropless.capacity_grid([4], [1.25])
