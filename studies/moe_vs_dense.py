@@ -49,7 +49,7 @@ from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_tokenizer
 from nanogpt_lib.atomic import atomic_path, atomic_write_text
 from nanogpt_lib.baselines import count_baselines
 from nanogpt_lib.comparison import fixed_windows, windows_loss
-from nanogpt_lib.corpora import corpus_works
+from nanogpt_lib.corpora import cache_root, corpus_works
 from nanogpt_lib.corpus_train import CorpusConfig, accumulated_step, train_corpus
 from nanogpt_lib.distributed import DistContext
 from nanogpt_lib.experiments import CAPACITY_EXPERTS, CAPACITY_FACTORS, capacity_key
@@ -96,10 +96,11 @@ class Protocol:
                             eval_batches=1)
 
 
-def prepared_corpus(corpus_dir: str | None, cache: Path):
-    """The Machado token folder (prepared once into `cache`) and the bundled tokenizer."""
+def prepared_corpus(corpus_dir: str | None):
+    """The Machado tokens and the bundled tokenizer: prepared once into the cache folder the notebooks use
+    (named after the tokenizer's hash, so another tokenizer gets its own)."""
     tokenizer = load_tokenizer(BUNDLED_TOKENIZER_NAME)
-    result = prepare_named("machado", tokenizer, local=corpus_dir, out=cache / "machado-tokens")
+    result = prepare_named("machado", tokenizer, local=corpus_dir)
     return open_tokens(result.folder), tokenizer
 
 
@@ -151,7 +152,8 @@ def train_one(key: str, config: GPTConfig, seed: int, data, protocol: Protocol, 
     record = {
         "model": key, "seed": seed, "config": asdict(config), "protocol": asdict(protocol),
         "params": model.num_params(), "active_params": model.num_active_params(),
-        "evals": curve_losses, "final": final, "train_loss": [round(v, 4) for v in run.history.loss],
+        "evals": curve_losses, "final": final, "eval_windows": int(whole[0].shape[0]),
+        "train_loss": [round(v, 4) for v in run.history.loss],
         "routing": routing_log(run.history.moe), "train_seconds": round(run.train_seconds, 2),
         "machine": machine(device),
     }
@@ -295,9 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else $NANOGPT_MACHADO_DIR, "
                    "else the cache)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the result files go (committed)")
-    p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "nanogpt_lib" / "studies",
-                   help="token folder and trained weights (not committed)")
+    p.add_argument("--work", type=Path, default=cache_root() / "studies",
+                   help="trained weights of the first seed, and the claim files (not committed)")
     p.add_argument("--timing", action="store_true", help="only measure each model's step time (interleaved)")
+    p.add_argument("--timing-rounds", type=int, default=8, help="rounds of 5 steps per model in --timing")
+    p.add_argument("--eval-windows", type=int, default=None,
+                   help="score on this many evenly spaced validation windows instead of the whole split (a quick "
+                   "check of the command; the committed results use the whole split)")
     p.add_argument("--summarise", action="store_true",
                    help="only condense OUT's run files and analyses into the package's study summary")
     p.add_argument("--analyse", action="store_true",
@@ -310,23 +316,24 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     protocol = Protocol(steps=args.steps)
-    data, tokenizer = prepared_corpus(args.corpus_dir, args.work)
+    data, tokenizer = prepared_corpus(args.corpus_dir)
     configs = models(len(tokenizer))
     if args.analyse:
         analyse(configs, data, tokenizer, args)
         return
     if args.timing:
-        keys = [key for key in dict.fromkeys(EXPERIMENTS["main"] + EXPERIMENTS["k"])
+        keys = [key for key in dict.fromkeys(k for name in args.experiments for k in EXPERIMENTS[name])
                 if weights_path(args.work, key, args.seeds[0]).is_file()]
-        seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device)
-        out = {"seconds_per_step": seconds, "machine": machine(device), "rounds": 8, "steps_per_round": 5,
+        seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device, args.timing_rounds)
+        out = {"seconds_per_step": seconds, "machine": machine(device), "rounds": args.timing_rounds,
+               "steps_per_round": 5,
                "batch_tokens": protocol.batch_size * 100}
         atomic_write_text(args.out / f"timing-{device.type}.json", json.dumps(out, indent=1) + "\n")
         for key, s in seconds.items():
             print(f"{key:<16} {1000 * s:7.1f} ms/step  {s / seconds['dense']:.2f}x dense")
         return
-    curve = fixed_windows(data.val, 100, CURVE_WINDOWS)
-    whole = fixed_windows(data.val, 100)
+    curve = fixed_windows(data.val, 100, min(CURVE_WINDOWS, args.eval_windows or CURVE_WINDOWS))
+    whole = fixed_windows(data.val, 100, args.eval_windows)
     todo = []
     for name in args.experiments:
         seeds = args.seeds if name in ("main", "k") else args.secondary_seeds
