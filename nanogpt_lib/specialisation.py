@@ -117,6 +117,17 @@ class Specialisation:
             given = n / n.sum(axis=1, keepdims=True)  # (L, E)
             return given / expert_share
 
+    def strongest(self, layer: int, count: int = 3, min_share: float = 0.0) -> list[tuple[str, int, float, float]]:
+        """The `count` largest enrichments of a layer, largest first, among labels holding at least `min_share`
+        of the tokens: (label, expert, enrichment, share of the label's tokens that go to that expert)."""
+        n = self.counts[layer].astype(np.float64)
+        enrich = self.enrichment(layer)
+        cells = [(float(enrich[i, e]), label, e, float(n[i, e] / n[i].sum()))
+                 for i, label in enumerate(self.labels) if n[i].sum() > 0 and n[i].sum() >= min_share * n.sum()
+                 for e in range(n.shape[1])]
+        cells.sort(key=lambda c: -c[0])
+        return [(label, e, value, share) for value, label, e, share in cells[:count]]
+
     def normalised_mutual_information(self, layer: int) -> float:
         """I(label; expert) / H(label) of one layer's counts."""
         p = self.counts[layer].astype(np.float64)

@@ -313,3 +313,11 @@ def test_genre_labels_reject_positions_past_the_split_and_unknown_splits():
         genre_labels(DOCS, "val", np.array([-1, 2]))
     with pytest.raises(KeyError):
         genre_labels(DOCS, "test", np.array([0]))
+
+
+def test_strongest_lists_the_largest_enrichments_with_their_shares():
+    spec = _spec([[3, 1], [0, 0], [1, 7]])  # P(e0) = 4/12, P(e1) = 8/12; label l1 has no tokens
+    # l0 -> e0: (3/4) / (1/3) = 2.25; l2 -> e1: (7/8) / (2/3) = 1.3125; l2 -> e0: 0.375; l0 -> e1: 0.375
+    assert spec.strongest(0, count=2) == [("l0", 0, pytest.approx(2.25), 0.75), ("l2", 1, pytest.approx(1.3125), 0.875)]
+    assert spec.strongest(0, count=1, min_share=0.5) == [("l2", 1, pytest.approx(1.3125), 0.875)]  # l0: 4 of 12
+    assert len(spec.strongest(0, count=10)) == 4  # the empty label has no cells
