@@ -162,16 +162,16 @@ class CapacityCell:
 
 def format_capacity_grid(cells: Sequence[CapacityCell]) -> str:
     """The capacity grid as aligned text, one line per model."""
-    lines = [f"{'E':>3} {'factor':>8} {'dropped':>8} {'peak':>7}  {'val loss ± SE':<16} {'minus dropless ± SE':<20} "
-             f"{'wins':<5} {'capacity at eval ± SE':<21}"]
+    lines = [f"{'E':>3} {'factor':>8} {'seeds':>5} {'dropped':>8} {'peak':>7}  {'val loss ± SE':<16} "
+             f"{'minus dropless ± SE':<20} {'wins':<5} {'capacity at eval ± SE':<21}"]
     for c in cells:
         factor = "dropless" if c.factor is None else f"{c.factor:g}"
         d, e = c.versus_dropless, c.capacity_at_eval
         versus = "" if d is None else f"{d.mean:+.4f} ± {d.se:.4f}"
         wins = "" if d is None else f"{d.wins}/{d.n}"
         at_eval = "" if e is None else f"{e.mean:+.4f} ± {e.se:.4f}"
-        lines.append(f"{c.n_expert:>3} {factor:>8} {c.dropped:>8.2%} {c.peak_dropped:>7.1%}  {c.val_loss!s:<16} "
-                     f"{versus:<20} {wins:<5} {at_eval}".rstrip())
+        lines.append(f"{c.n_expert:>3} {factor:>8} {c.val_loss.n:>5} {c.dropped:>8.2%} {c.peak_dropped:>7.1%}  "
+                     f"{c.val_loss!s:<16} {versus:<20} {wins:<5} {at_eval}".rstrip())
     return "\n".join(lines)
 
 

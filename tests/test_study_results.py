@@ -410,10 +410,10 @@ def test_capacity_grid_pairs_each_factor_with_the_dropless_model_of_its_size(tmp
     assert capped_cell.dropped == pytest.approx(0.025 + 0.001 * 24.5, abs=1e-4)  # the last 10 of 30 steps
     assert capped_cell.peak_dropped == pytest.approx(0.025 + 0.001 * 29, abs=1e-4)  # the largest of the first 30
     lines = format_capacity_grid(cells).splitlines()
-    assert lines[0].split()[:4] == ["E", "factor", "dropped", "peak"]
-    assert lines[1].split() == ["4", "1.25", "4.95%", "5.4%", "4.1250", "±", "0.0250", "+0.0250", "±", "0.0750",
+    assert lines[0].split()[:5] == ["E", "factor", "seeds", "dropped", "peak"]
+    assert lines[1].split() == ["4", "1.25", "2", "4.95%", "5.4%", "4.1250", "±", "0.0250", "+0.0250", "±", "0.0750",
                                 "1/2", "+0.1000", "±", "0.1000"]
-    assert lines[2].split() == ["4", "dropless", "4.95%", "5.4%", "4.1000", "±", "0.1000"]
+    assert lines[2].split() == ["4", "dropless", "2", "4.95%", "5.4%", "4.1000", "±", "0.1000"]
     without_dropless = Study({"runs": [r for r in study.runs if r["model"] != "moe-4x2"]})
     with pytest.raises(KeyError, match="model 'moe-4x2' has no runs"):  # nothing to compare the capped model with
         without_dropless.capacity_grid([4], [1.25])
