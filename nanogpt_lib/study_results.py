@@ -76,6 +76,15 @@ class Study:
     def models(self) -> list[str]:
         return sorted({r["model"] for r in self.runs})
 
+    def with_seeds(self, seeds: Sequence[int]) -> Study:
+        """The same study with only the runs of `seeds` (to compare models on the seeds they all have)."""
+        keep = set(seeds)
+        return Study({**self.data, "runs": [r for r in self.runs if r["seed"] in keep]})
+
+    def common_seeds(self, models: Sequence[str]) -> list[int]:
+        """The seeds every one of `models` has a run for."""
+        return sorted(set.intersection(*(set(self.of(m)) for m in models)))
+
     def of(self, model: str) -> dict[int, dict]:
         """{seed: run} of one model."""
         found = {r["seed"]: r for r in self.runs if r["model"] == model}

@@ -414,6 +414,11 @@ def test_capacity_grid_pairs_each_factor_with_the_dropless_model_of_its_size(tmp
     assert lines[1].split() == ["4", "1.25", "2", "4.95%", "5.4%", "4.1250", "±", "0.0250", "+0.0250", "±", "0.0750",
                                 "1/2", "+0.1000", "±", "0.1000"]
     assert lines[2].split() == ["4", "dropless", "2", "4.95%", "5.4%", "4.1000", "±", "0.1000"]
+    assert study.common_seeds(["moe-4x2", "moe-4x2-cf1.25"]) == [0, 1]
+    only_seed_1 = study.with_seeds([1])
+    assert only_seed_1.common_seeds(["moe-4x2", "moe-4x2-cf1.25"]) == [1]
+    assert only_seed_1.capacity_grid([4], [1.25])[0].versus_dropless.mean == pytest.approx(-0.05)
+    assert len(study.runs) == 4  # the study itself is unchanged
     without_dropless = Study({"runs": [r for r in study.runs if r["model"] != "moe-4x2"]})
     with pytest.raises(KeyError, match="model 'moe-4x2' has no runs"):  # nothing to compare the capped model with
         without_dropless.capacity_grid([4], [1.25])
