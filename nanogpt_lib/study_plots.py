@@ -131,8 +131,12 @@ def plot_expert_shares(study: Study, model: str, seed: int) -> Figure:
 def plot_grid(study: Study, rows: Sequence[str], columns: Sequence[str], keys: dict[tuple[str, str], str],
               value: str, row_label: str, column_label: str, title: str) -> Figure:
     """A heatmap over a grid of models (keys[(row, column)] = model), coloured by `value`: 'dropped' (the
-    dropped share of routing choices at the end of training) or 'val_loss' (final whole-split val loss),
-    each the mean over seeds, with the number in each cell; missing cells stay blank."""
+    dropped share of routing choices at the end of training), 'peak_dropped' (the largest dropped share of
+    one of the first steps) or 'val_loss' (final whole-split val loss), each the mean over seeds, with the
+    number in each cell; missing cells stay blank."""
+    if value not in ("dropped", "peak_dropped", "val_loss"):
+        raise ValueError(f"value must be 'dropped', 'peak_dropped' or 'val_loss', got {value!r}")
+    share = value != "val_loss"
     grid = np.full((len(rows), len(columns)), np.nan)
     for i, r in enumerate(rows):
         for j, c in enumerate(columns):
@@ -142,18 +146,19 @@ def plot_grid(study: Study, rows: Sequence[str], columns: Sequence[str], keys: d
             runs = list(study.of(model).values())
             if value == "dropped":
                 grid[i, j] = statistics.fmean(run["routing"]["dropped"][-1] for run in runs)
+            elif value == "peak_dropped":
+                grid[i, j] = statistics.fmean(max(run["routing"]["early_dropped"]) for run in runs)
             else:
                 grid[i, j] = statistics.fmean(run["final"]["val_loss"] for run in runs)
     fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(rows) + 2))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
         if not math.isnan(v):
-            ax.text(j, i, f"{v:.1%}" if value == "dropped" else f"{v:.3f}", ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{v:.1%}" if share else f"{v:.3f}", ha="center", va="center", fontsize=8,
                     color="white" if v < np.nanmean(grid) else "black")
     ax.set(xticks=range(len(columns)), xticklabels=columns, yticks=range(len(rows)), yticklabels=rows,
            xlabel=column_label, ylabel=row_label, title=title)
-    fig.colorbar(image, ax=ax, label="dropped share of choices" if value == "dropped"
-                 else "validation loss (nats per token)")
+    fig.colorbar(image, ax=ax, label="dropped share of choices" if share else "validation loss (nats per token)")
     fig.tight_layout()
     return fig
 

@@ -353,6 +353,12 @@ def test_plot_grid_leaves_missing_cells_blank(study_data):
     (ax,) = _check_labelled(fig, 1)
     assert ax.images[0].get_array()[0, 0] == pytest.approx(statistics.fmean(MOE_FINAL.values()))
     plt.close(fig)
+    fig = plot_grid(study, ["4"], ["dropless"], keys, "peak_dropped", "experts", "capacity factor", "Peak")
+    peak = statistics.fmean(max(r["routing"]["early_dropped"]) for r in study.of("moe-4x2").values())
+    assert fig.axes[0].images[0].get_array()[0, 0] == pytest.approx(peak) and peak > expected
+    plt.close(fig)
+    with pytest.raises(ValueError, match="value must be 'dropped', 'peak_dropped' or 'val_loss', got 'loss'"):
+        plot_grid(study, ["4"], ["dropless"], keys, "loss", "experts", "capacity factor", "Loss")
 
 
 @pytest.mark.parametrize("counts", [
