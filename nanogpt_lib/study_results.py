@@ -200,13 +200,14 @@ def load_study(name: str = "moe_vs_dense", path: str | Path | None = None) -> St
 
 def format_table(rows: list[dict], baseline: str = "dense") -> str:
     """The table as aligned text: model, total / active parameters, val loss ± SE, difference ± SE, wins."""
-    lines = [f"{'model':<16} {'params':>9} {'active':>9}  {'val loss ± SE':<17} {'minus ' + baseline + ' ± SE':<18} "
-             f"wins"]
+    width = max(16, *(len(r["model"]) for r in rows))
+    lines = [f"{'model':<{width}} {'params':>9} {'active':>9}  {'val loss ± SE':<17} "
+             f"{'minus ' + baseline + ' ± SE':<18} wins"]
     for r in rows:
         d = r["difference"]
         diff = "" if d is None else f"{d.mean:+.4f} ± {d.se:.4f}"
         wins = "" if d is None else f"{d.wins}/{d.n}"
-        lines.append(f"{r['model']:<16} {r['params']:>9,} {r['active_params']:>9,}  "
+        lines.append(f"{r['model']:<{width}} {r['params']:>9,} {r['active_params']:>9,}  "
                      f"{r['val_loss'].mean:.4f} ± {r['val_loss'].se:.4f}  {diff:<18} {wins}")
     return "\n".join(lines)
 

@@ -222,6 +222,10 @@ def test_study_table_timing_and_format(study_data):
     assert lines[2].split() == ["moe-4x2", "2,000,000", "1,335,040", f"{statistics.fmean(MOE_FINAL.values()):.4f}",
                                 "±", f"{study.summary('moe-4x2').se:.4f}", f"{d.mean:+.4f}", "±", f"{d.se:.4f}", "2/3"]
     assert "minus moe-4x2" in format_table(study.table(["dense"], "moe-4x2"), baseline="moe-4x2")
+    long_name = [{**rows[1], "model": "fine-shared-lossfree"}, rows[0]]  # a name longer than the usual column
+    data_rows = format_table(long_name).splitlines()[1:]
+    columns = [len(line) - len(line.split(maxsplit=1)[1]) for line in data_rows]  # where the parameters start
+    assert columns == [len("fine-shared-lossfree") + 1] * 2  # both rows, one column
     table = markdown_table(rows).splitlines()
     assert table[0].startswith("| model |") and table[1] == "|---|---|---|---|---|---|---|"
     assert table[2] == f"| dense | 1,330,432 | 1,330,432 | 3 | 3.1000 ± {study.summary('dense').se:.4f} |  |  |"
