@@ -99,7 +99,8 @@ def plot_balance_runs(study: Study, models: Sequence[str], ceiling: float,
         ax.axhline(ceiling, ls="--", color="firebrick", lw=1)
         ax.axhline(1, ls=":", color="gray", lw=1)
         ax.grid(alpha=0.3)
-    early.text(1, ceiling * 1.01, f"E/k = {ceiling:g}: every token on the same k experts", va="bottom", fontsize=8,
+    early.text(1, ceiling * 1.01, f"E/k = {ceiling:g}: every token sends a choice to the busiest expert", va="bottom",
+               fontsize=8,
                color="firebrick")
     early.set_ylim(top=ceiling * 1.12)
     early.set(xlabel="training step", ylabel="imbalance (busiest / fair share)",
