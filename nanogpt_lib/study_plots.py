@@ -4,7 +4,6 @@ balance and capacity grids and expert specialisation. Like `plots.py`, each retu
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -138,19 +137,15 @@ def plot_grid(study: Study, rows: Sequence[str], columns: Sequence[str], keys: d
     if value not in ("dropped", "peak_dropped", "val_loss"):
         raise ValueError(f"value must be 'dropped', 'peak_dropped' or 'val_loss', got {value!r}")
     share = value != "val_loss"
+    measure = {"dropped": study.dropped, "peak_dropped": study.peak_dropped,
+               "val_loss": lambda model: study.summary(model).mean}[value]
+    known = set(study.models())
     grid = np.full((len(rows), len(columns)), np.nan)
     for i, r in enumerate(rows):
         for j, c in enumerate(columns):
             model = keys.get((r, c))
-            if model is None or model not in study.models():
-                continue
-            runs = list(study.of(model).values())
-            if value == "dropped":
-                grid[i, j] = statistics.fmean(run["routing"]["dropped"][-1] for run in runs)
-            elif value == "peak_dropped":
-                grid[i, j] = statistics.fmean(max(run["routing"]["early_dropped"]) for run in runs)
-            else:
-                grid[i, j] = statistics.fmean(run["final"]["val_loss"] for run in runs)
+            if model in known:
+                grid[i, j] = measure(model)
     fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(rows) + 2))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(grid):

@@ -99,6 +99,14 @@ class Study:
     def summary(self, model: str) -> Summary:
         return summarise(list(self.final(model).values()))
 
+    def dropped(self, model: str) -> float:
+        """Share of routing choices over capacity in the last 10 training steps, mean over seeds."""
+        return statistics.fmean(r["routing"]["dropped"][-1] for r in self.of(model).values())
+
+    def peak_dropped(self, model: str) -> float:
+        """The largest such share of one of the first EARLY_STEPS steps, mean over seeds."""
+        return statistics.fmean(max(r["routing"]["early_dropped"]) for r in self.of(model).values())
+
     def versus(self, model: str, baseline: str = "dense") -> PairedDifference:
         return paired_difference(self.final(model), self.final(baseline))
 
@@ -134,17 +142,16 @@ class Study:
         """One cell per (number of experts, training capacity factor) of the study's capacity grid that has
         runs, in the order given; each compared with the dropless model of the same number of experts."""
         cells = []
+        known = set(self.models())
         for n_expert in n_experts:
             for factor in factors:
                 model = capacity_key(n_expert, factor)
-                if model not in self.models():
+                if model not in known:
                     continue
-                runs = list(self.of(model).values())
                 with_capacity = self.final(model, "val_loss_train_capacity")
                 cells.append(CapacityCell(
                     n_expert=n_expert, factor=factor, model=model,
-                    dropped=statistics.fmean(r["routing"]["dropped"][-1] for r in runs),
-                    peak_dropped=statistics.fmean(max(r["routing"]["early_dropped"]) for r in runs),
+                    dropped=self.dropped(model), peak_dropped=self.peak_dropped(model),
                     val_loss=self.summary(model),
                     val_loss_train_capacity=summarise(list(with_capacity.values())) if with_capacity else None,
                     versus_dropless=None if factor is None else paired_difference(

@@ -322,8 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         analyse(configs, data, tokenizer, args)
         return
     if args.timing:
-        keys = [key for key in dict.fromkeys(k for name in args.experiments for k in EXPERIMENTS[name])
-                if weights_path(args.work, key, args.seeds[0]).is_file()]
+        chosen = ["dense", *(k for name in args.experiments for k in EXPERIMENTS[name])]  # dense: the unit
+        keys = [key for key in dict.fromkeys(chosen) if weights_path(args.work, key, args.seeds[0]).is_file()]
+        if "dense" not in keys:
+            raise SystemExit(f"--timing needs the dense model's trained weights in {str(args.work)!r} (seed "
+                             f"{args.seeds[0]}): every step time is given in dense steps; train it first")
         seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device, args.timing_rounds)
         out = {"seconds_per_step": seconds, "machine": machine(device), "rounds": args.timing_rounds,
                "steps_per_round": 5,

@@ -54,10 +54,19 @@ def test_a_finished_run_or_a_claimed_one_is_skipped(ran, capsys):
 
 def test_timing_measures_every_model_with_weights_against_dense(ran, capsys):
     out, _, common = ran
-    study(["--timing", "--timing-rounds", "1", "--experiments", "main", "capacity", *common])
+    study(["--timing", "--timing-rounds", "1", "--experiments", "capacity", *common])  # dense comes as the unit
     timing = json.loads((out / "timing-cpu.json").read_text(encoding="utf-8"))
     assert sorted(timing["seconds_per_step"]) == ["dense", "moe-4x2", "moe-4x2-cf1.25"]
     assert all(s > 0 for s in timing["seconds_per_step"].values())
     assert timing["machine"]["threads"] == 1 and timing["batch_tokens"] == 1600 and timing["rounds"] == 1
     printed = capsys.readouterr().out
     assert "dense" in printed and "1.00x dense" in printed
+
+
+def test_timing_without_the_dense_weights_says_what_is_missing(ran, tmp_path):
+    _, _, common = ran
+    empty = tmp_path / "work"
+    empty.mkdir()
+    args = [a if a != str(ran[1]) else str(empty) for a in common]
+    with pytest.raises(SystemExit, match="--timing needs the dense model's trained weights in .* \\(seed 0\\)"):
+        study(["--timing", "--experiments", "capacity", *args])
