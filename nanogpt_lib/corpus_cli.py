@@ -28,8 +28,20 @@ from .plots import plot_corpus_history, save_png
 from .tokenizer import load_tokenizer, tokenizer_hash
 from .tokens import open_tokens
 from .training import TrainConfig
+from .upcycling import METHODS, OPTIMIZER_STATES, upcycle_checkpoint
 
 _CC = CorpusConfig()
+
+
+def _choice(allowed: tuple[str, ...]):
+    """An argparse type that accepts one of `allowed` (kept apart from `choices` so the option stays
+    "not given" by default)."""
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+    return parse
+
 # option -> (type, help); all default to "not given" so that Part 1 can refuse them
 _OPTIONS = {
     "--steps": (int, f"optimisation steps (default {_CC.steps})"),
@@ -43,7 +55,19 @@ _OPTIONS = {
     "--resume": (Path, "continue from this checkpoint (same --data); the run ends at --steps"),
     "--plot": (Path, "save the loss curves to this PNG at the end"),
     "--dist-timeout": (float, "seconds a process waits for the others before the run fails (default 300)"),
+    "--upcycle-from": (Path, "start the MoE (--n-expert, --top-k, ...) from this dense corpus checkpoint: each "
+                             "expert a copy of its block's MLP, the run continuing from the checkpoint's step"),
+    "--upcycle-method": (_choice(METHODS), "copy (every expert the whole MLP) or split (expert e the e-th "
+                                           "1/n_expert of its hidden units) (default copy)"),
+    "--upcycle-noise": (float, "noise on the expert copies, in units of each weight's std (default 0: exact)"),
+    "--upcycle-optimizer": (_choice(OPTIMIZER_STATES), "carry the dense AdamW moments over, or start "
+                                                       "fresh (default carry)"),
 }
+# the options that only --upcycle-from uses
+_UPCYCLE_DETAILS = ("--upcycle-method", "--upcycle-noise", "--upcycle-optimizer")
+# model options that an upcycled model takes from its dense checkpoint (or from the method)
+_FROM_CHECKPOINT = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "expert_hidden", "expert_type",
+                    "n_shared_expert")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +101,9 @@ def run(args: argparse.Namespace, device: torch.device) -> CorpusRun:
         given = [o for o in _OPTIONS if hasattr(args, _dest(o))]
         raise ValueError(f"{', '.join(given)}: corpus-training option(s), which need --data FOLDER "
                          f"(made by `python -m nanogpt_lib.prepare`)")
+    details = [o for o in _UPCYCLE_DETAILS if hasattr(args, _dest(o))]
+    if details and not hasattr(args, "upcycle_from"):
+        raise ValueError(f"{', '.join(details)}: upcycling option(s), which need --upcycle-from DENSE_CHECKPOINT")
     config = corpus_config(args)
     train_config = TrainConfig(epochs=config.steps, lr=args.lr, weight_decay=args.weight_decay,
                                betas=(args.beta1, args.beta2), seed=args.seed)
@@ -130,13 +157,24 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
 
     data = open_tokens(args.data)
     tokenizer = load_tokenizer(args.tokenizer, verbose=ctx.is_main)
-    model_config = config_from_args(args, len(tokenizer))
+    upcycled = _upcycled(args, train_config, ctx) if hasattr(args, "upcycle_from") else None
+    if upcycled is None:
+        model_config = config_from_args(args, len(tokenizer))
+        optimizer, resume = None, getattr(args, "resume", None)
+    else:
+        model, optimizer, resume = upcycled
+        model_config = model.config
     data.check_compatible(tokenizer.name_or_path, model_config.vocab_size, tokenizer_hash(tokenizer))
     plot = getattr(args, "plot", None)
     micro = config.micro_batch_size(ctx.world_size)
     check_fits(model_config, micro, ctx.device)  # on every rank: a failure then stops all of them alike
-    torch.manual_seed(train_config.seed)
-    model = GPT(model_config).to(ctx.device)
+    if upcycled is None:
+        torch.manual_seed(train_config.seed)
+        model = GPT(model_config).to(ctx.device)
+    else:
+        say(f"Upcycled {args.upcycle_from} (dense, step {resume.train_state['step']}): {model_config.n_expert} "
+            f"experts, top-{model_config.top_k}, method {getattr(args, 'upcycle_method', 'copy')}, optimizer state "
+            f"{getattr(args, 'upcycle_optimizer', 'carry')}")
     say(f"Device {ctx.device} x {ctx.world_size} process(es); {data.meta.tokens['train']:,} train + "
         f"{data.meta.tokens['val']:,} val tokens in {data.folder}; model {describe(model)}; "
         f"global batch {config.batch_size} = {ctx.world_size} x {config.grad_accum} x {micro} windows "
@@ -146,7 +184,7 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
         say(f"step {record['step']:>6}/{config.steps}: train loss {record['train_loss']:.4f} | "
             f"val loss {record['val_loss']:.4f} | lr {record['lr']:.2e}")
 
-    result = train_corpus(model, data, train_config, config, ctx, resume=getattr(args, "resume", None),
+    result = train_corpus(model, data, train_config, config, ctx, optimizer=optimizer, resume=resume,
                           checkpoint=args.checkpoint, tokenizer_name=tokenizer.name_or_path, on_eval=on_eval,
                           progress=args.progress)
     say(f"Trained {config.batch_size * model_config.block_size:,} tokens per step at "
@@ -156,3 +194,31 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
     if plot is not None and ctx.is_main:
         say(f"Loss curves saved to {save_png(plot_corpus_history(result.history), plot)}")
     return result
+
+
+def _upcycled(args, train_config: TrainConfig, ctx):
+    """(MoE model, its optimizer, the dense checkpoint it continues) for --upcycle-from."""
+    given = getattr(args, "given", frozenset())
+    if hasattr(args, "resume"):
+        raise ValueError("--upcycle-from starts an MoE from a dense checkpoint and --resume continues a run; give "
+                         "one of them (resume an upcycled run from its own --checkpoint with --resume)")
+    if args.n_expert < 2:
+        raise ValueError(f"--upcycle-from makes a Mixture of Experts, but --n-expert is {args.n_expert}; "
+                         f"give --n-expert N with N >= 2")
+    fixed = [_option(name) for name in _FROM_CHECKPOINT if name in given]
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)}: with --upcycle-from the model's size comes from the dense checkpoint "
+                         f"and the experts' kind and width from --upcycle-method; leave them out")
+    from .train import _MOE_OPTIONS
+
+    options = {name: getattr(args, name) for name in _MOE_OPTIONS
+               if name in given and name not in _FROM_CHECKPOINT and name != "top_k"}
+    return upcycle_checkpoint(args.upcycle_from, train_config, args.n_expert, args.top_k,
+                              method=getattr(args, "upcycle_method", "copy"),
+                              optimizer_state=getattr(args, "upcycle_optimizer", "carry"),
+                              expert_noise=getattr(args, "upcycle_noise", 0.0), seed=args.seed,
+                              map_location=ctx.device, **options)
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistContext, mean_over_ranks, unwrap, wrap
 from .evaluation import eval_mode
 from .moe import update_expert_biases
@@ -158,11 +158,12 @@ def train_corpus(
     ctx: DistContext | None = None,
     *,
     optimizer: torch.optim.Optimizer | None = None,
-    resume: str | Path | None = None,
+    resume: str | Path | Checkpoint | None = None,
     checkpoint: str | Path | None = None,
     tokenizer_name: str | None = None,
     on_eval: EvalCallback | None = None,
     progress: bool = True,
+    until: int | None = None,
 ) -> CorpusRun:
     """Train `model` (a plain GPT on ctx.device) on `data` for `config.steps` steps.
 
@@ -170,7 +171,11 @@ def train_corpus(
     step 0, every `config.eval_interval` steps and at the end; each evaluation appends
     {"step", "train_loss", "val_loss", "lr"} to `history.evals`, saves `checkpoint` (rank 0 only)
     and calls `on_eval(record, history)`. With `resume`, weights, optimizer state, history and
-    step come from that checkpoint and the run continues where it stopped.
+    step come from that checkpoint and the run continues where it stopped. `resume` may also be a
+    loaded `Checkpoint` whose run this one continues with the model and optimizer given here (which
+    already hold their weights and state): how an upcycled MoE carries on its dense run (`upcycling.py`).
+    With `until`, the run stops after that step (evaluated and saved there) while the learning-rate
+    schedule still spans `config.steps`; resuming it later gives the uninterrupted run.
     """
     ctx = ctx if ctx is not None else DistContext(device=next(model.parameters()).device)
     block = model.config.block_size
@@ -179,8 +184,15 @@ def train_corpus(
     schedule = config.schedule(train_config.lr)
     optimizer = optimizer if optimizer is not None else make_optimizer(model, train_config)
     history, start = History(), 0
-    if resume is not None:
+    if isinstance(resume, Checkpoint):
+        history, start = resumable(resume, "the given checkpoint", data, config, train_config)
+        history = History.from_dict(history.to_dict())  # a copy: the run appends to it
+    elif resume is not None:
         history, start = restore(resume, model, optimizer, data, config, ctx, train_config)
+    end = config.steps if until is None else until
+    if isinstance(end, bool) or not isinstance(end, int) or not start < end <= config.steps:
+        raise ValueError(f"until={until!r} is not allowed: it must be a step in ({start}, {config.steps}] "
+                         f"(after the start step, at most steps)")
     ddp = wrap(model, ctx)
     seed = train_config.seed
 
@@ -200,8 +212,8 @@ def train_corpus(
     if resume is None:  # a resumed run has its step-0 evaluation already
         evaluation(0, schedule(0))
     seconds = 0.0
-    bar = tqdm(range(start + 1, config.steps + 1), desc="training", unit="step", initial=start,
-               total=config.steps, disable=not (progress and ctx.is_main))
+    bar = tqdm(range(start + 1, end + 1), desc="training", unit="step", initial=start,
+               total=end, disable=not (progress and ctx.is_main))
     for step in bar:
         lr = schedule(step - 1)
         set_lr(optimizer, lr)
@@ -216,10 +228,10 @@ def train_corpus(
         history.epoch.append(step)
         history.loss.append(loss)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if step % config.eval_interval == 0 or step == config.steps:
+        if step % config.eval_interval == 0 or step == end:
             evaluation(step, lr)
     bar.close()
-    done = config.steps - start
+    done = end - start
     rate = done * config.batch_size * block / seconds if seconds > 0 else 0.0
     return CorpusRun(history=history, tokens_per_s=rate, train_seconds=seconds)
 
@@ -235,19 +247,26 @@ def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opt
             config: CorpusConfig, ctx: DistContext, train_config: TrainConfig) -> tuple[History, int]:
     """Load a corpus checkpoint into model and optimizer; returns its history and step."""
     ck = load_checkpoint(path, model=model, optimizer=optimizer, map_location=ctx.device)
+    return resumable(ck, f"checkpoint {str(path)!r}", data, config, train_config)
+
+
+def resumable(ck: Checkpoint, name: str, data: TokenData, config: CorpusConfig,
+              train_config: TrainConfig) -> tuple[History, int]:
+    """The history and step a run continues from `ck`, after checking it was made on the same data
+    with the settings that decide the windows and the optimiser."""
     state = ck.train_state
     if state is None or ck.history is None:
-        raise CheckpointError(f"checkpoint {str(path)!r} has no corpus training state (a Part-1 checkpoint?); "
+        raise CheckpointError(f"{name} has no corpus training state (a Part-1 checkpoint?); "
                               f"it cannot be resumed on a corpus")
     try:
         fingerprint, step = state["data_fingerprint"], int(state["step"])
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(
-            f"checkpoint {str(path)!r} holds an invalid corpus training state: {str(state)[:200]}"
+            f"{name} holds an invalid corpus training state: {str(state)[:200]}"
         ) from None
     if fingerprint != data.meta.fingerprint:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was trained on token folder fingerprint {fingerprint!r}, "
+            f"{name} was trained on token folder fingerprint {fingerprint!r}, "
             f"but {str(data.folder)!r} has {data.meta.fingerprint!r}; resume on the same prepared data"
         )
     saved = state.get("corpus_config") or {}
@@ -259,10 +278,10 @@ def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Opt
                     if saved_train[k] != now_train[k]]
     if changed:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was trained with other settings ({'; '.join(changed)}); resume with the "
+            f"{name} was trained with other settings ({'; '.join(changed)}); resume with the "
             f"same ones (--steps and --warmup-steps may change; they reshape the schedule from here on)"
         )
     if step >= config.steps:
-        raise CheckpointError(f"checkpoint {str(path)!r} is at step {step}, already at or past --steps "
+        raise CheckpointError(f"{name} is at step {step}, already at or past --steps "
                               f"{config.steps}; give more steps to continue")
     return ck.history, step  # saved right after the evaluation at `step`: it ends there

@@ -202,7 +202,7 @@ def check_paths(args: argparse.Namespace) -> None:
     resume = getattr(args, "resume", None)
     checkpoint, plot = args.checkpoint, getattr(args, "plot", None)
     tokenizer = Path(args.tokenizer).expanduser() if isinstance(args.tokenizer, str) else None
-    inputs = {"--text-file": args.text_file, "--data": args.data,
+    inputs = {"--text-file": args.text_file, "--data": args.data, "--upcycle-from": getattr(args, "upcycle_from", None),
               "--tokenizer": tokenizer if tokenizer is not None and tokenizer.is_dir() else None}
     if resume is None or checkpoint is None or not same_file(resume, checkpoint):
         inputs["--resume"] = resume  # --checkpoint X --resume X continues the same file: allowed
