@@ -19,7 +19,7 @@ from pathlib import Path
 from .comparison import PairedDifference, Summary, paired_difference, summarise
 from .experiments import capacity_key
 
-STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json"}
+STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json", "upcycling": "upcycling.json"}
 EARLY_STEPS = 80  # per-step routing and loss kept for the first steps (where the router collapses and recovers)
 
 
