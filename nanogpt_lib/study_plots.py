@@ -201,3 +201,64 @@ def plot_early_vs_final(study: Study, models: Sequence[str], step: int = 100,
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def plot_upcycling_curves(study: Study, models: Sequence[str], labels: dict[str, str] | None = None) -> Figure:
+    """Validation loss (fixed sample, mean over seeds, band = ± 1 SE) against training compute (FLOPs, every
+    step counted at the model it ran on) and, with the study's timing, against seconds; the upcycling step
+    marked. The continued arms share the dense run's curve up to that step."""
+    labels = labels or {}
+    per_second = study.data.get("timing") is not None
+    fig, axes = plt.subplots(1, 2 if per_second else 1, figsize=(11, 4.2) if per_second else (6.5, 4.2),
+                             squeeze=False)
+    units = ("flops", "seconds") if per_second else ("flops",)
+    switch = study.data["protocol"]["switch_step"]
+    for model in models:
+        steps, mean, se = study.curve(model)
+        n = len(study.of(model))
+        for ax, unit in zip(axes[0], units, strict=False):
+            x = np.array(study.cost(model, steps, unit)) / (1e15 if unit == "flops" else 1.0)
+            (line,) = ax.plot(x[1:], mean[1:], "o-", ms=2.5, label=f"{labels.get(model, model)} ({n} seeds)")
+            ax.fill_between(x[1:], np.subtract(mean[1:], se[1:]), np.add(mean[1:], se[1:]),
+                            color=line.get_color(), alpha=0.2)
+    for ax, unit in zip(axes[0], units, strict=False):
+        at = study.cost("phase1", [switch], unit)[0] / (1e15 if unit == "flops" else 1.0)
+        ax.axvline(at, ls=":", color="gray", lw=1)
+        ax.text(at, ax.get_ylim()[1], f" step {switch}: upcycling", va="top", ha="left", fontsize=8, color="gray")
+        ax.set(xlabel="training compute (PFLOP)" if unit == "flops" else "training time (s, this study's CPU timing)",
+               ylabel="validation loss (nats per token)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title("Per FLOP: each step at the model it ran on")
+    if per_second:
+        axes[0][1].set_title("Per second: step times measured interleaved")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_divergence(study: Study, models: Sequence[str], labels: dict[str, str] | None = None) -> Figure:
+    """How upcycled copies become different experts: left, the spread of each layer's experts (mean pairwise
+    distance over the norm of their mean, averaged over layers and seeds) after the upcycling step; right, the
+    router's entropy per step (mean over layers and seeds) from each MoE's first step, with ln E marked."""
+    labels = labels or {}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.9))
+    n_expert = study.data["protocol"]["n_expert"]
+    for model in models:
+        runs = list(study.of(model).values())
+        start = runs[0]["spread_steps"][0]
+        steps = np.array(runs[0]["spread_steps"]) - start
+        spread = np.mean([r["spread"] for r in runs], axis=0)
+        (line,) = left.plot(steps, spread, label=f"{labels.get(model, model)} ({len(runs)} seeds)")
+        entropy = np.mean([r["entropy"] for r in runs], axis=0)
+        right.plot(range(1, len(entropy) + 1), entropy, color=line.get_color(), lw=1)
+    right.axhline(math.log(n_expert), ls="--", color="gray", lw=1)
+    right.text(1, math.log(n_expert), f" ln {n_expert}: uniform router", va="bottom", fontsize=8, color="gray")
+    left.set(xlabel="steps since the MoE started", ylabel="expert spread (relative distance)",
+             title="Experts: mean pairwise distance / norm of their mean")
+    right.set(xlabel="steps since the MoE started", ylabel="router entropy (nats)",
+              title="Router: entropy of the expert probabilities")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -126,6 +126,30 @@ class Study:
         timing = self.data.get("timing")
         return None if timing is None else timing["seconds_per_step"].get(model)
 
+    def cost(self, model: str, steps: Sequence[int], unit: str = "flops") -> list[float]:
+        """Training cost of `model`'s first `steps` steps, in FLOPs or seconds (the interleaved timing).
+
+        A run that `continues` another (the upcycling study's arms continue its dense `phase1`) paid that run's
+        cost per step up to `protocol["switch_step"]` and its own after it; any other run its own throughout."""
+        if unit not in ("flops", "seconds"):
+            raise ValueError(f"unit={unit!r} is not known; choose 'flops' or 'seconds'")
+        tokens = self.data["protocol"]["batch_size"] * self.data["protocol"]["block_size"]
+
+        def per_step(name: str) -> float:
+            if unit == "flops":
+                return next(iter(self.of(name).values()))["flops_per_token"] * tokens
+            seconds = self.seconds_per_step(name)
+            if seconds is None:
+                raise KeyError(f"no step time for {name!r} in this study's timing")
+            return seconds
+
+        own = per_step(model)
+        run = next(iter(self.of(model).values()))
+        if run.get("continues") is None:  # one model throughout
+            return [s * own for s in steps]
+        switch, before = self.data["protocol"]["switch_step"], per_step(run["continues"])
+        return [min(s, switch) * before + max(0, s - switch) * own for s in steps]
+
     def table(self, models: Sequence[str], baseline: str = "dense") -> list[dict]:
         """Per model: parameters, seeds, mean final val loss ± SE, and the paired difference to `baseline`."""
         rows = []

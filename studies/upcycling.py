@@ -164,6 +164,7 @@ def summary(out: Path, switch: int = SWITCH_STEP, curve_every: int = CURVE_EVERY
         run = {key: r[key] for key in ("model", "seed", "params", "active_params", "flops_per_token",
                                        "train_seconds", "train_loss", "entropy", "imbalance")}
         run["train_steps"] = r["steps"]
+        run["continues"] = "phase1" if r["model"] in ("dense", "upcycled", "upcycled-fresh") else None
         run["final"] = r.get("final", {})
         run["steps"] = [e["step"] for e in r["evals"]]
         run["val_loss"] = [round(e["val_loss"], 5) for e in r["evals"]]
@@ -173,11 +174,14 @@ def summary(out: Path, switch: int = SWITCH_STEP, curve_every: int = CURVE_EVERY
         runs.append(run)
     extras = {"protocol": {**asdict(Protocol()), "switch_step": switch, "curve_every": curve_every,
                            "curve_windows": CURVE_WINDOWS, "n_expert": N_EXPERT, "top_k": TOP_K,
-                           "tokens_per_step": Protocol().batch_size * 100},
+                           "block_size": 100},
               "arms": list(ARMS)}
     timing = out / "timing-cpu.json"
-    if timing.is_file():
+    if timing.is_file():  # two architectures timed; every arm is one of them
         extras["timing"] = json.loads(timing.read_text(encoding="utf-8"))
+        seconds = extras["timing"]["seconds_per_step"]
+        seconds.update({"phase1": seconds["dense"], "scratch": seconds["upcycled"],
+                        "upcycled-fresh": seconds["upcycled"]})
     return {"runs": runs, **extras}
 
 

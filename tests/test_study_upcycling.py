@@ -59,3 +59,31 @@ def test_a_finished_arm_is_skipped_and_the_summary_reads_back(ran, capsys):
 def test_the_switch_must_fall_inside_the_run(tmp_path):
     with pytest.raises(SystemExit, match=r"--switch-step 8 is not allowed: .* in 1\.\.7"):
         study(["--steps", "8", "--switch-step", "8", "--out", str(tmp_path), "--work", str(tmp_path)])
+
+
+def test_cost_counts_each_step_at_the_model_it_ran_on_and_the_figures_draw(ran):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nanogpt_lib.study_plots import plot_expert_divergence, plot_upcycling_curves
+
+    out, _, _ = ran
+    data = summary(out, 4, 2)
+    data["timing"] = {"seconds_per_step": {"dense": 0.2, "upcycled": 0.3, "phase1": 0.2, "scratch": 0.3,
+                                           "upcycled-fresh": 0.3}}
+    found = Study(data)
+    dense_flops = found.of("phase1")[0]["flops_per_token"] * 1600
+    moe_flops = found.of("upcycled")[0]["flops_per_token"] * 1600
+    assert found.cost("upcycled", [2, 4, 8]) == [2 * dense_flops, 4 * dense_flops, 4 * dense_flops + 4 * moe_flops]
+    assert found.cost("scratch", [7]) == [7 * moe_flops]
+    assert found.cost("upcycled", [8], "seconds") == pytest.approx([4 * 0.2 + 4 * 0.3])
+    with pytest.raises(ValueError, match="unit='watts' is not known"):
+        found.cost("dense", [1], "watts")
+    fig = plot_upcycling_curves(found, ["dense", "upcycled", "scratch"])
+    assert len(fig.axes) == 2 and "PFLOP" in fig.axes[0].get_xlabel()
+    plt.close(fig)
+    fig = plot_expert_divergence(found, ["upcycled", "upcycled-fresh", "scratch"])
+    assert fig.axes[1].get_ylabel() == "router entropy (nats)"
+    plt.close(fig)
