@@ -53,6 +53,8 @@ _OPTIONS = {
     "--min-lr": (float, "learning rate at the end of the cosine decay (default --lr / 10)"),
     "--grad-clip": (float, f"clip the gradient norm to this; 0 turns clipping off (default {_CC.grad_clip})"),
     "--resume": (Path, "continue from this checkpoint (same --data); the run ends at --steps"),
+    "--stop-after": (int, "stop after this step (evaluated and saved there); the schedule still spans --steps, "
+                          "so --resume (or --upcycle-from) continues it"),
     "--plot": (Path, "save the loss curves to this PNG at the end"),
     "--dist-timeout": (float, "seconds a process waits for the others before the run fails (default 300)"),
     "--upcycle-from": (Path, "start the MoE (--n-expert, --top-k, ...) from this dense corpus checkpoint: each "
@@ -186,7 +188,7 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
 
     result = train_corpus(model, data, train_config, config, ctx, optimizer=optimizer, resume=resume,
                           checkpoint=args.checkpoint, tokenizer_name=tokenizer.name_or_path, on_eval=on_eval,
-                          progress=args.progress)
+                          progress=args.progress, until=getattr(args, "stop_after", None))
     say(f"Trained {config.batch_size * model_config.block_size:,} tokens per step at "
         f"{result.tokens_per_s:,.0f} tokens/s ({result.train_seconds:.1f} s in training steps)")
     if args.checkpoint is not None:

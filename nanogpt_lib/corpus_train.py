@@ -191,8 +191,8 @@ def train_corpus(
         history, start = restore(resume, model, optimizer, data, config, ctx, train_config)
     end = config.steps if until is None else until
     if isinstance(end, bool) or not isinstance(end, int) or not start < end <= config.steps:
-        raise ValueError(f"until={until!r} is not allowed: it must be a step in ({start}, {config.steps}] "
-                         f"(after the start step, at most steps)")
+        raise ValueError(f"stopping after step {until!r} (until, --stop-after) is not allowed: it must be a step "
+                         f"in ({start}, {config.steps}], after the start and at most --steps")
     ddp = wrap(model, ctx)
     seed = train_config.seed
 

@@ -42,7 +42,7 @@ roughly 1 / (1 - beta) steps.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -223,3 +223,26 @@ def expert_spread(moe: GPT) -> list[float]:
         mean_pair = pairs.sum() / (E * (E - 1))
         spread.append(float(mean_pair / flat.mean(dim=0).norm()))
     return spread
+
+
+@dataclass(frozen=True)
+class FunctionGap:
+    max_logit: float  # the largest |logit difference| over every position and vocabulary entry
+    loss: float  # mean cross-entropy of the first model minus the second's (nats per token)
+
+
+@torch.no_grad()
+def function_gap(model: GPT, reference: GPT, x: torch.Tensor, y: torch.Tensor, train: bool = False) -> FunctionGap:
+    """How far `model` computes from `reference` on windows x (W, T) with targets y: the largest logit
+    difference and the loss difference. `train=True` compares in training mode (training capacity and
+    router noise apply; use dropout 0 there); both models are put back in the mode they were in."""
+    modes = (model.training, reference.training)
+    model.train(train)
+    reference.train(train)
+    try:
+        logits, loss = model(x, targets=y)
+        ref_logits, ref_loss = reference(x, targets=y)
+    finally:
+        model.train(modes[0])
+        reference.train(modes[1])
+    return FunctionGap(max_logit=float((logits - ref_logits).abs().max()), loss=float(loss - ref_loss))

@@ -230,7 +230,7 @@ def test_a_stopped_run_continued_equals_the_uninterrupted_one(data, tmp_path):
     assert load_checkpoint(ck).train_state["step"] == 4
     rest = train_corpus(_corpus_dense(seed=9), data, train, config, resume=ck, progress=False)
     assert rest.history.loss == pytest.approx(full.history.loss, rel=1e-5)
-    with pytest.raises(ValueError, match=r"until=9 is not allowed: it must be a step in \(0, 8\]"):
+    with pytest.raises(ValueError, match=r"stopping after step 9 \(until, --stop-after\) is not allowed: .* \(0, 8\]"):
         train_corpus(_corpus_dense(), data, train, config, until=9, progress=False)
 
 
@@ -263,7 +263,8 @@ def test_the_command_line_upcycles_a_dense_checkpoint(data, tmp_path, capsys):
     dense_ck = tmp_path / "dense.pt"
     common = ["--data", str(data.folder), "--batch-size", "4", "--eval-interval", "2", "--eval-batches", "1",
               "--seed", "3", "--lr", "1e-3"]
-    main([*TINY, *common, "--steps", "2", "--dropout", "0", "--checkpoint", str(dense_ck)])
+    main([*TINY, *common, "--steps", "4", "--stop-after", "2", "--dropout", "0", "--checkpoint", str(dense_ck)])
+    assert load_checkpoint(dense_ck).train_state["step"] == 2
     moe_ck = tmp_path / "moe.pt"
     main([*common, "--no-progress", "--steps", "4", "--upcycle-from", str(dense_ck), "--n-expert", "4",
           "--top-k", "2", "--aux-loss-weight", "0.02", "--checkpoint", str(moe_ck)])
@@ -290,3 +291,21 @@ def test_the_command_line_refuses_what_upcycling_cannot_do(data, tmp_path, capsy
         main(["--data", str(data.folder), "--no-progress", "--steps", "2", *args])
     err = capsys.readouterr().err
     assert re.search(message, err), err
+
+
+def test_function_gap_measures_logits_and_loss_in_either_mode():
+    from nanogpt_lib.upcycling import function_gap
+
+    dense = _dense(dropout=0.0)
+    x = _tokens()
+    y = torch.roll(x, -1, dims=1)
+    exact = function_gap(_up(dense, 8, 2), dense, x, y)
+    assert exact.max_logit < 1e-5 and abs(exact.loss) < 1e-6
+    raw = _up(dense, 8, 1)
+    gap = function_gap(raw, dense, x, y)
+    with torch.no_grad():
+        expected = (raw.eval()(x)[0] - dense.eval()(x)[0]).abs().max().item()
+    assert gap.max_logit == pytest.approx(expected) and gap.loss != 0
+    tight = _up(dense, 8, 2, capacity_factor=0.5).eval()
+    assert function_gap(tight, dense, x, y, train=True).max_logit > 1e-2  # drops happen in training mode only
+    assert function_gap(tight, dense, x, y).max_logit < 1e-5 and not tight.training  # mode restored
