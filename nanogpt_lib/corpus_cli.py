@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint
 from .cli_errors import first_line
 from .corpus_train import CorpusConfig, CorpusRun, train_corpus
 from .costs import check_fits
@@ -28,7 +29,7 @@ from .plots import plot_corpus_history, save_png
 from .tokenizer import load_tokenizer, tokenizer_hash
 from .tokens import open_tokens
 from .training import TrainConfig
-from .upcycling import METHODS, OPTIMIZER_STATES, upcycle_checkpoint
+from .upcycling import METHODS, OPTIMIZER_STATES, upcycle_checkpoint, upcycle_config
 
 _CC = CorpusConfig()
 
@@ -103,6 +104,9 @@ def run(args: argparse.Namespace, device: torch.device) -> CorpusRun:
         given = [o for o in _OPTIONS if hasattr(args, _dest(o))]
         raise ValueError(f"{', '.join(given)}: corpus-training option(s), which need --data FOLDER "
                          f"(made by `python -m nanogpt_lib.prepare`)")
+    if hasattr(args, "stop_after") and args.checkpoint is None:
+        raise ValueError("--stop-after stops a run to continue it later (--resume, --upcycle-from); give --checkpoint "
+                         "FILE to save it there")
     details = [o for o in _UPCYCLE_DETAILS if hasattr(args, _dest(o))]
     if details and not hasattr(args, "upcycle_from"):
         raise ValueError(f"{', '.join(details)}: upcycling option(s), which need --upcycle-from DENSE_CHECKPOINT")
@@ -159,17 +163,17 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
 
     data = open_tokens(args.data)
     tokenizer = load_tokenizer(args.tokenizer, verbose=ctx.is_main)
-    upcycled = _upcycled(args, train_config, ctx) if hasattr(args, "upcycle_from") else None
+    micro = config.micro_batch_size(ctx.world_size)
+    upcycled = _upcycled(args, train_config, ctx, micro) if hasattr(args, "upcycle_from") else None
     if upcycled is None:
         model_config = config_from_args(args, len(tokenizer))
         optimizer, resume = None, getattr(args, "resume", None)
+        check_fits(model_config, micro, ctx.device)  # on every rank: a failure then stops all of them alike
     else:
         model, optimizer, resume = upcycled
         model_config = model.config
     data.check_compatible(tokenizer.name_or_path, model_config.vocab_size, tokenizer_hash(tokenizer))
     plot = getattr(args, "plot", None)
-    micro = config.micro_batch_size(ctx.world_size)
-    check_fits(model_config, micro, ctx.device)  # on every rank: a failure then stops all of them alike
     if upcycled is None:
         torch.manual_seed(train_config.seed)
         model = GPT(model_config).to(ctx.device)
@@ -198,7 +202,7 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
     return result
 
 
-def _upcycled(args, train_config: TrainConfig, ctx):
+def _upcycled(args, train_config: TrainConfig, ctx, micro: int):
     """(MoE model, its optimizer, the dense checkpoint it continues) for --upcycle-from."""
     given = getattr(args, "given", frozenset())
     if hasattr(args, "resume"):
@@ -215,8 +219,10 @@ def _upcycled(args, train_config: TrainConfig, ctx):
 
     options = {name: getattr(args, name) for name in _MOE_OPTIONS
                if name in given and name not in _FROM_CHECKPOINT and name != "top_k"}
-    return upcycle_checkpoint(args.upcycle_from, train_config, args.n_expert, args.top_k,
-                              method=getattr(args, "upcycle_method", "copy"),
+    method = getattr(args, "upcycle_method", "copy")
+    dense = load_checkpoint(args.upcycle_from, map_location="cpu")  # on the CPU: the device holds the MoE alone
+    check_fits(upcycle_config(dense.config, args.n_expert, args.top_k, method, **options), micro, ctx.device)
+    return upcycle_checkpoint(dense, train_config, args.n_expert, args.top_k, method=method,
                               optimizer_state=getattr(args, "upcycle_optimizer", "carry"),
                               expert_noise=getattr(args, "upcycle_noise", 0.0), seed=args.seed,
                               map_location=ctx.device, **options)

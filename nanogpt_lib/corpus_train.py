@@ -182,9 +182,17 @@ def train_corpus(
     data.check_windows(block)
     config.micro_batch_size(ctx.world_size)  # fails early when the batch does not split
     schedule = config.schedule(train_config.lr)
+    if isinstance(resume, Checkpoint) and optimizer is None:
+        raise ValueError("resuming from a loaded Checkpoint needs optimizer=, holding the state the run continues "
+                         "with (a path as resume= restores the optimizer from the file)")
     optimizer = optimizer if optimizer is not None else make_optimizer(model, train_config)
     history, start = History(), 0
     if isinstance(resume, Checkpoint):
+        shape = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+        differs = [f"{k}: {getattr(resume.config, k)!r} -> {getattr(model.config, k)!r}" for k in shape
+                   if getattr(resume.config, k) != getattr(model.config, k)]
+        if differs:
+            raise ValueError(f"the model does not continue the checkpoint's run: {'; '.join(differs)}")
         history, start = resumable(resume, "the given checkpoint", data, config, train_config)
         history = History.from_dict(history.to_dict())  # a copy: the run appends to it
     elif resume is not None:

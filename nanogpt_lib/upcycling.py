@@ -20,17 +20,18 @@ k weights of a token sum to 1 and nothing is dropped:
               slices chosen (k = E) by a router that starts at zero (router_std = 0, uniform probabilities)
 
 So it holds for "copy" with renormalised top-k weights (k >= 2, or norm_topk_prob=True) and no capacity
-limit (or one no expert reaches). It breaks with k = 1 and raw probabilities (y = p_1 MLP(x), p_1 < 1),
-with routed_scaling_factor != 1, with capacity drops (a dropped choice adds 0), with `expert_noise`,
-and for "split" with k < E or a random router (with k < E a token sees k / E of the hidden units; the
-scale E keeps the output's expectation over a uniformly random choice equal to the dense one, not the
-output itself).
+limit (or one no expert reaches). It breaks with raw scores: k = 1 with its probability (y = p_1 MLP(x),
+p_1 < 1) or a sigmoid router with norm_topk_prob=False; with routed_scaling_factor != 1; with capacity
+drops (a dropped choice adds 0); with `expert_noise`; and for "split" with k < E or a random router. With
+k < E a token sees k / E of the hidden units: the scale E would keep the output right on average if the
+k experts were drawn uniformly at random, but a router picks them by its logits (a zero router picks the
+same k for every token), so the output is a partial, biased sum.
 
-A consequence: with identical experts the output does not depend on the router, so the language-model
-loss gives the router no gradient at first. Only the balancing and z losses move it, and the experts,
-each trained on the tokens routed to it, drift apart; from then on the router's choice matters and it
-learns from the loss. Noise on the copies (`expert_noise`) starts that drift at once, at the price of
-exactness.
+A consequence: with identical experts, weights that sum to 1 and no drops, the output does not depend on
+the router, so the language-model loss gives the router no gradient at first. Only the balancing and z
+losses move it, and the experts, each trained on the tokens routed to it, drift apart; from then on the
+router's choice matters and it learns from the loss. Noise on the copies (`expert_noise`) starts that
+drift at once, at the price of exactness.
 
 Optimizer. `upcycled_optimizer` builds the MoE's AdamW either fresh, or with the dense moments carried
 over: every parameter that exists in both takes its state, each expert the state of the weights it was
@@ -55,8 +56,9 @@ from .training import TrainConfig, make_optimizer
 
 METHODS = ("copy", "split")
 OPTIMIZER_STATES = ("carry", "fresh")
-# what upcycle decides itself: the experts' kind and width come from the dense MLP
-_FIXED = ("expert_type", "expert_hidden", "n_shared_expert")
+# what upcycle decides itself: the experts' kind and width come from the dense MLP, every shape from the dense model
+_FIXED = ("expert_type", "expert_hidden", "n_shared_expert", "block_size", "vocab_size", "n_layer", "n_head",
+          "n_embd", "bias")
 
 
 def upcycle_config(dense: GPTConfig, n_expert: int = 8, top_k: int = 2, method: str = "copy",
@@ -71,9 +73,9 @@ def upcycle_config(dense: GPTConfig, n_expert: int = 8, top_k: int = 2, method: 
         raise ValueError(f"method={method!r} is not known; choose one of {METHODS}")
     fixed = sorted(set(options) & set(_FIXED))
     if fixed:
-        raise ValueError(f"{fixed} cannot be chosen when upcycling: the experts are GELU MLPs taken from the dense "
-                         f"block (method 'copy': width 4 * n_embd; 'split': 4 * n_embd / n_expert), without "
-                         f"shared experts")
+        raise ValueError(f"{fixed} cannot be chosen when upcycling: every shape comes from the dense model, and the "
+                         f"experts are GELU MLPs taken from its blocks (method 'copy': width 4 * n_embd; 'split': "
+                         f"4 * n_embd / n_expert), without shared experts")
     if isinstance(n_expert, bool) or not isinstance(n_expert, int) or n_expert < 2:
         raise ValueError(f"n_expert={n_expert!r} is not allowed: upcycling makes an MoE of at least 2 experts")
     width = 4 * dense.n_embd
@@ -105,9 +107,11 @@ def upcycle(model: GPT, n_expert: int = 8, top_k: int = 2, *, method: str = "cop
     dense_state = model.state_dict()
     own = moe.state_dict()
     with torch.no_grad():
-        for name, tensor in own.items():  # everything outside the MoE layers, by its GPT-2 name
-            if name in dense_state and dense_state[name].shape == tensor.shape:
-                tensor.copy_(dense_state[name])
+        for name, tensor in dense_state.items():  # everything outside the MoE layers, by its GPT-2 name
+            if name in own:
+                own[name].copy_(tensor)
+            elif ".mlp." not in name:  # only the MoE blocks' MLPs have no tensor of the same name
+                raise ValueError(f"the dense model's {name} has no place in the MoE model; upcycle a plain GPT")
         for block, dense_block in zip(moe.transformer.h, model.transformer.h, strict=True):
             if not isinstance(block.mlp, MoE):
                 continue
@@ -190,21 +194,23 @@ def upcycled_optimizer(dense: GPT, dense_optimizer_state: dict | None, moe: GPT,
     return optimizer
 
 
-def upcycle_checkpoint(path: str | Path, train_config: TrainConfig, n_expert: int = 8, top_k: int = 2, *,
-                       method: str = "copy", optimizer_state: str = "carry", router_std: float = 0.02,
-                       expert_noise: float = 0.0, seed: int = 0, map_location: str | torch.device = "cpu",
+def upcycle_checkpoint(source: str | Path | Checkpoint, train_config: TrainConfig, n_expert: int = 8,
+                       top_k: int = 2, *, method: str = "copy", optimizer_state: str = "carry",
+                       router_std: float = 0.02, expert_noise: float = 0.0, seed: int = 0,
+                       map_location: str | torch.device = "cpu",
                        **options) -> tuple[GPT, torch.optim.AdamW, Checkpoint]:
-    """A dense checkpoint upcycled: (MoE model, its AdamW, the dense checkpoint). A corpus run continues
-    from the dense run's step with `train_corpus(moe, ..., optimizer=..., resume=checkpoint)`; the
-    learning-rate schedule is the dense run's, carried on (no new warm-up). `seed` draws the router and
-    the noise."""
-    ck = load_checkpoint(path, map_location=map_location)
+    """A dense checkpoint (a path, or one already loaded) upcycled: (MoE model on `map_location`, its AdamW,
+    the dense checkpoint, kept on the CPU). A corpus run continues from the dense run's step with
+    `train_corpus(moe, ..., optimizer=..., resume=checkpoint)`; the learning-rate schedule is the dense
+    run's, carried on (no new warm-up). `seed` draws the router and the noise."""
+    ck = source if isinstance(source, Checkpoint) else load_checkpoint(source, map_location="cpu")
+    name = "the given checkpoint" if isinstance(source, Checkpoint) else f"checkpoint {str(source)!r}"
     if ck.config.n_expert != 0:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds an MoE model (n_expert={ck.config.n_expert}); "
+        raise CheckpointError(f"{name} holds an MoE model (n_expert={ck.config.n_expert}); "
                               f"--upcycle-from needs a dense one (resume an MoE run with --resume)")
     generator = torch.Generator().manual_seed(seed)
     moe = upcycle(ck.model, n_expert, top_k, method=method, router_std=router_std, expert_noise=expert_noise,
-                  generator=generator, **options)
+                  generator=generator, **options).to(map_location)
     optimizer = upcycled_optimizer(ck.model, ck.optimizer_state, moe, train_config, optimizer_state, method)
     return moe, optimizer, ck
 
@@ -218,7 +224,9 @@ def expert_spread(moe: GPT) -> list[float]:
         if not isinstance(block.mlp, MoE):
             continue
         flat = torch.cat([lin.weight.flatten(1) for lin in block.mlp.experts.linears], dim=1)  # (E, weights)
-        pairs = torch.cdist(flat.unsqueeze(0), flat.unsqueeze(0)).squeeze(0)  # (E, E)
+        # (E, E); the exact formula, never the matrix-product shortcut that leaves noise between equal rows
+        exact = "donot_use_mm_for_euclid_dist"
+        pairs = torch.cdist(flat.unsqueeze(0), flat.unsqueeze(0), compute_mode=exact).squeeze(0)
         E = flat.shape[0]
         mean_pair = pairs.sum() / (E * (E - 1))
         spread.append(float(mean_pair / flat.mean(dim=0).norm()))

@@ -72,8 +72,22 @@ def scratch_steps(vocab_size: int, steps: int, switch: int) -> int:
     return round(steps - switch + switch * f_dense / f_moe)
 
 
-def phase1_path(work: Path, seed: int, switch: int) -> Path:
-    return work / "upcycling" / f"dense-step{switch}-seed{seed}.pt"
+def phase1_path(work: Path, seed: int, switch: int, steps: int) -> Path:
+    """The dense run stopped at `switch` inside a schedule of `steps` (both in the name: another schedule is
+    another checkpoint)."""
+    return work / "upcycling" / f"dense-step{switch}-of{steps}-seed{seed}.pt"
+
+
+def wait_for(path: Path, what: str, out: Path, seed: int) -> None:
+    """Wait for `path`, which another process of this study is making; fail clearly when nobody is."""
+    if path.is_file():
+        return
+    if (out / "runs" / "phase1" / f"seed{seed}.json").is_file() and what == "checkpoint":
+        raise SystemExit(f"phase 1 of seed {seed} is done (its run file is in {str(out)!r}) but its checkpoint "
+                         f"{str(path)!r} is not in --work; delete that run file to train phase 1 again")
+    print(f"waiting for {what} {path} (another process is training phase 1 of seed {seed})", flush=True)
+    while not path.is_file():
+        time.sleep(5)
 
 
 class Recorder:
@@ -106,12 +120,11 @@ def run_arm(arm: str, seed: int, data, vocab_size: int, protocol: Protocol, args
         torch.manual_seed(seed)
         model = GPT(part1_size(vocab_size) if arm == "phase1" else moe_config(vocab_size)).to(device)
         if arm == "phase1":  # saved under a temporary name: the file appears whole, at step `switch` only
-            until, checkpoint = switch, phase1_path(args.work, seed, switch).with_suffix(".partial")
+            until, checkpoint = switch, phase1_path(args.work, seed, switch, steps).with_suffix(".partial")
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
     else:
-        path = phase1_path(args.work, seed, switch)
-        while not path.is_file():  # another process is making it
-            time.sleep(5)
+        path = phase1_path(args.work, seed, switch, protocol.steps)
+        wait_for(path, "checkpoint", args.out, seed)
         if arm == "dense":
             torch.manual_seed(seed)
             model, resume = GPT(part1_size(vocab_size)).to(device), path
@@ -125,11 +138,11 @@ def run_arm(arm: str, seed: int, data, vocab_size: int, protocol: Protocol, args
     run = train_corpus(model, data, train, config, DistContext(device=device), optimizer=optimizer, resume=resume,
                        checkpoint=checkpoint, on_eval=recorder, progress=False, until=until)
     if checkpoint is not None:
-        os.replace(checkpoint, phase1_path(args.work, seed, switch))
+        os.replace(checkpoint, phase1_path(args.work, seed, switch, steps))
     moe = run.history.moe
     record = {
         "model": arm, "seed": seed, "config": asdict(model.config), "protocol": asdict(protocol),
-        "steps": steps, "params": model.num_params(), "active_params": model.num_active_params(),
+        "steps": until or steps, "params": model.num_params(), "active_params": model.num_active_params(),
         "flops_per_token": model.flops_per_token(100), "evals": recorder.evals, "spread": recorder.spread,
         "train_loss": [round(v, 4) for v in run.history.loss], "train_seconds": round(run.train_seconds, 2),
         "entropy": [round(statistics.fmean(r["entropy"]), 4) for r in moe],
@@ -260,9 +273,8 @@ def main(argv: list[str] | None = None) -> None:
             record = run_arm(arm, seed, data, vocab, protocol, args, curve, whole)
             if arm != "phase1":
                 phase1 = args.out / "runs" / "phase1" / f"seed{seed}.json"
-                while arm != "scratch" and not phase1.is_file():
-                    time.sleep(5)
                 if arm != "scratch":
+                    wait_for(phase1, "run file", args.out, seed)
                     record = with_phase1(record, json.loads(phase1.read_text(encoding="utf-8")), switch)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(record) + "\n")

@@ -2,6 +2,7 @@
 the continued arms' curves, function preservation at the switch, the FLOP-matched scratch run, the summary."""
 
 import json
+import shutil
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_every_arm_writes_its_run(ran):
     out, work, _ = ran
     runs = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in (out / "runs").glob("*/seed0.json")}
     assert sorted(runs) == ["dense", "phase1", "scratch", "upcycled", "upcycled-fresh"]
-    assert (work / "upcycling" / "dense-step4-seed0.pt").is_file()
+    assert (work / "upcycling" / "dense-step4-of8-seed0.pt").is_file()
     assert not list((work / "upcycling").glob("*.partial"))
     assert [e["step"] for e in runs["phase1"]["evals"]] == [0, 2, 4] and "final" not in runs["phase1"]
     for arm in ("dense", "upcycled", "upcycled-fresh"):  # phase 1's curve, then the arm's own
@@ -87,3 +88,14 @@ def test_cost_counts_each_step_at_the_model_it_ran_on_and_the_figures_draw(ran):
     fig = plot_expert_divergence(found, ["upcycled", "upcycled-fresh", "scratch"])
     assert fig.axes[1].get_ylabel() == "router entropy (nats)"
     plt.close(fig)
+
+
+def test_a_missing_phase1_checkpoint_is_an_error_not_a_wait(ran, tmp_path):
+    out, work, common = ran
+    moved = tmp_path / "runs"
+    shutil.copytree(out, moved)
+    (moved / "runs" / "upcycled" / "seed0.json").unlink()  # to be trained again, from a checkpoint that is gone
+    other_work = tmp_path / "work"
+    args = [a if a not in (str(out), str(work)) else str(moved if a == str(out) else other_work) for a in common]
+    with pytest.raises(SystemExit, match=r"phase 1 of seed 0 is done .* but its checkpoint .* is not in --work"):
+        study(args)

@@ -161,6 +161,8 @@ def test_refusals_are_one_clear_line():
         (lambda: upcycle(dense, 8, 9), r"top_k=9 is not allowed"),
         (lambda: upcycle(dense, 8, 2, expert_noise=-1.0), r"expert_noise=-1.0 is not allowed"),
         (lambda: upcycle("model", 8, 2), r"upcycle expects a GPT model, got str"),
+        (lambda: upcycle(dense, 8, 2, block_size=32), r"\['block_size'\] cannot be chosen .* every shape comes"),
+        (lambda: upcycle(dense, 8, 2, bias=False, vocab_size=80), r"\['bias', 'vocab_size'\] cannot be chosen"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -245,10 +247,20 @@ def test_an_upcycled_run_continues_the_dense_schedule(data, tmp_path):
     torch.testing.assert_close(moe.eval()(x)[0], dense_ck.model.eval()(x)[0])
     run = train_corpus(moe, data, train, config, optimizer=optimizer, resume=dense_ck, progress=False)
     assert run.history.epoch == list(range(1, 9)) and run.history.loss[:4] == dense_run.history.loss
+    # step 5's loss is measured before step 5's update: the MoE still computes the dense function there
+    continued = train_corpus(_corpus_dense(seed=9), data, train, config, resume=ck, progress=False)
+    assert run.history.loss[4] == pytest.approx(continued.history.loss[4], abs=1e-5)
+    assert run.history.loss[5] != pytest.approx(continued.history.loss[5], abs=1e-5)  # then they part
     assert [e["step"] for e in run.history.evals] == [0, 4, 8]
     assert len(run.history.moe) == 4  # routing records of the MoE's own steps
     assert run.history.evals[-1]["lr"] == config.schedule(1e-3)(7)  # the dense run's schedule, carried on
     assert len(dense_ck.history.loss) == 4  # the loaded checkpoint's history is not appended to
+    with pytest.raises(ValueError, match=r"needs optimizer=, holding the state"):
+        train_corpus(moe, data, train, config, resume=dense_ck, progress=False)
+    with pytest.raises(ValueError, match=r"does not continue the checkpoint's run: n_layer: 2 -> 1"):
+        other = GPT(GPTConfig(block_size=16, vocab_size=4096, n_layer=1, n_head=2, n_embd=16))
+        train_corpus(other, data, train, config, optimizer=make_optimizer(other, train), resume=dense_ck,
+                     progress=False)
     with pytest.raises(CheckpointError, match=r"holds an MoE model \(n_expert=4\)"):
         from nanogpt_lib import save_checkpoint
 
@@ -284,6 +296,7 @@ def test_the_command_line_upcycles_a_dense_checkpoint(data, tmp_path, capsys):
     (["--upcycle-from", "X", "--n-expert", "4", "--n-layer", "3"], r"--n-layer: with --upcycle-from the model's size"),
     (["--upcycle-from", "X", "--n-expert", "4", "--resume", "Y"], r"give one of them"),
     (["--upcycle-from", "X", "--n-expert", "4", "--upcycle-optimizer", "keep"], r"'keep' is not one of carry, fresh"),
+    (["--stop-after", "1"], r"--stop-after stops a run to continue it later .* give --checkpoint"),
 ])
 def test_the_command_line_refuses_what_upcycling_cannot_do(data, tmp_path, capsys, extra, message):
     args = [part if part not in ("X", "Y") else str(tmp_path / f"{part}.pt") for part in extra]
