@@ -209,7 +209,7 @@ def plot_upcycling_curves(study: Study, models: Sequence[str], labels: dict[str,
     marked. The continued arms share the dense run's curve up to that step."""
     labels = labels or {}
     per_second = study.data.get("timing") is not None
-    fig, axes = plt.subplots(1, 2 if per_second else 1, figsize=(11, 4.2) if per_second else (6.5, 4.2),
+    fig, axes = plt.subplots(1, 2 if per_second else 1, figsize=(11, 4.8) if per_second else (6.5, 4.8),
                              squeeze=False)
     units = ("flops", "seconds") if per_second else ("flops",)
     switch = study.data["protocol"]["switch_step"]
@@ -221,18 +221,25 @@ def plot_upcycling_curves(study: Study, models: Sequence[str], labels: dict[str,
             (line,) = ax.plot(x[1:], mean[1:], "o-", ms=2.5, label=f"{labels.get(model, model)} ({n} seeds)")
             ax.fill_between(x[1:], np.subtract(mean[1:], se[1:]), np.add(mean[1:], se[1:]),
                             color=line.get_color(), alpha=0.2)
+    # zoom on the part after the switch, where the arms differ: up to a little above the dense loss there
+    steps, mean, _ = study.curve("phase1")
+    at_switch = mean[steps.index(switch)]
+    lowest = min(min(study.curve(m)[1]) for m in models)
     for ax, unit in zip(axes[0], units, strict=False):
         at = study.cost("phase1", [switch], unit)[0] / (1e15 if unit == "flops" else 1.0)
         ax.axvline(at, ls=":", color="gray", lw=1)
-        ax.text(at, ax.get_ylim()[1], f" step {switch}: upcycling", va="top", ha="left", fontsize=8, color="gray")
+        ax.set_ylim(lowest - 0.05, at_switch + 0.25)
+        ax.set_xlim(left=at / 2)
+        ax.text(at, lowest - 0.04, f" step {switch}: upcycling", va="bottom", ha="left", fontsize=8, color="gray")
         ax.set(xlabel="training compute (PFLOP)" if unit == "flops" else "training time (s, this study's CPU timing)",
                ylabel="validation loss (nats per token)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_title("Per FLOP: each step at the model it ran on")
+    axes[0][0].set_title("Per FLOP (after the upcycling step)")
     if per_second:
-        axes[0][1].set_title("Per second: step times measured interleaved")
-    axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
+        axes[0][1].set_title("Per second (step times measured interleaved)")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize="small", frameon=False)
     return fig
 
 
@@ -243,22 +250,33 @@ def plot_expert_divergence(study: Study, models: Sequence[str], labels: dict[str
     labels = labels or {}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.9))
     n_expert = study.data["protocol"]["n_expert"]
+    apart = []  # models whose experts start apart (random weights): on another scale, so given as text
     for model in models:
         runs = list(study.of(model).values())
         start = runs[0]["spread_steps"][0]
         steps = np.array(runs[0]["spread_steps"]) - start
         spread = np.mean([r["spread"] for r in runs], axis=0)
-        (line,) = left.plot(steps, spread, label=f"{labels.get(model, model)} ({len(runs)} seeds)")
+        label = f"{labels.get(model, model)} ({len(runs)} seeds)"
+        if spread[0] > 0:
+            (line,) = left.plot([], [])  # keeps the model's colour the same in both panels
+            apart.append(f"{labels.get(model, model)}: {spread[0]:.1f} at the start, {spread[-1]:.1f} at the end")
+        else:
+            (line,) = left.plot(steps, spread, label=label)
         entropy = np.mean([r["entropy"] for r in runs], axis=0)
-        right.plot(range(1, len(entropy) + 1), entropy, color=line.get_color(), lw=1)
+        right.plot(range(1, len(entropy) + 1), entropy, color=line.get_color(), lw=1, label=label)
+    if apart:
+        left.text(0.02, 0.97, "off this scale (random starts):\n" + "\n".join(apart), transform=left.transAxes,
+                  va="top", fontsize=8, color="dimgray")
     right.axhline(math.log(n_expert), ls="--", color="gray", lw=1)
-    right.text(1, math.log(n_expert), f" ln {n_expert}: uniform router", va="bottom", fontsize=8, color="gray")
+    right.text(right.get_xlim()[1] * 0.98, math.log(n_expert) - 0.005, f"ln {n_expert}: uniform router", va="top",
+               ha="right", fontsize=8, color="gray")
     left.set(xlabel="steps since the MoE started", ylabel="expert spread (relative distance)",
              title="Experts: mean pairwise distance / norm of their mean")
     right.set(xlabel="steps since the MoE started", ylabel="router entropy (nats)",
               title="Router: entropy of the expert probabilities")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    left.legend(fontsize="small")
+    left.legend(fontsize="small", loc="lower right")
+    right.legend(fontsize="small", loc="upper right", bbox_to_anchor=(1, 0.92))
     fig.tight_layout()
     return fig

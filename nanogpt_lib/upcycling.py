@@ -89,7 +89,7 @@ def upcycle_config(dense: GPTConfig, n_expert: int = 8, top_k: int = 2, method: 
 
 def upcycle(model: GPT, n_expert: int = 8, top_k: int = 2, *, method: str = "copy", router_std: float = 0.02,
             expert_noise: float = 0.0, generator: torch.Generator | None = None, **options) -> GPT:
-    """A new MoE model made from the trained dense `model` (left unchanged), on the same device.
+    """A new MoE model made from the trained dense `model` (left unchanged), on its device and in its dtype.
 
     Every tensor but the MoE blocks' is copied; each MoE block's experts come from its MLP (`method`,
     see the module docstring), its router is drawn from N(0, router_std), and with `expert_noise` = s
@@ -102,8 +102,8 @@ def upcycle(model: GPT, n_expert: int = 8, top_k: int = 2, *, method: str = "cop
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise ValueError(f"{name}={value!r} is not allowed: it must be a finite number >= 0")
     config = upcycle_config(model.config, n_expert, top_k, method, **options)
-    device = model.lm_head.weight.device
-    moe = GPT(config).to(device)
+    weight = model.lm_head.weight
+    moe = GPT(config).to(device=weight.device, dtype=weight.dtype)  # where the dense model is, in its precision
     dense_state = model.state_dict()
     own = moe.state_dict()
     with torch.no_grad():
@@ -121,15 +121,18 @@ def upcycle(model: GPT, n_expert: int = 8, top_k: int = 2, *, method: str = "cop
                     target = getattr(getattr(experts, part), kind)
                     if target is not None:
                         target.copy_(expert_tensors(getattr(getattr(mlp, part), kind), part, kind, n_expert, method))
-            router = block.mlp.router  # drawn on the CPU from `generator`: the same router on any device
-            router.weight.copy_(router_std * torch.randn(router.weight.shape, generator=generator))
+            # drawn on the CPU from `generator`, in float64 (whose sampler gives the same numbers on every CPU;
+            # float32's vectorised one does not): the same router on any device and machine
+            router = block.mlp.router
+            router.weight.copy_(router_std * torch.randn(router.weight.shape, generator=generator, dtype=torch.float64))
             if router.bias is not None:
                 router.bias.zero_()
             if expert_noise > 0:
                 for linear in experts.linears:
                     w = linear.weight  # (E, in, out)
                     scale = w[0].std()  # every expert is the same weight (copy) or a slice of it (split)
-                    w.add_(expert_noise * scale * torch.randn(w.shape, generator=generator).to(w.device))
+                    noise = torch.randn(w.shape, generator=generator, dtype=torch.float64)
+                    w.add_((expert_noise * scale * noise.to(w.device)).to(w.dtype))
     return moe
 
 
@@ -189,7 +192,7 @@ def upcycled_optimizer(dense: GPT, dense_optimizer_state: dict | None, moe: GPT,
             value = found[key]
             if part is not None:
                 value = expert_tensors(value, part, kind, n_expert, method, scale_output=False)
-            moved[key] = value.to(p.device).clone()
+            moved[key] = value.to(device=p.device, dtype=p.dtype).clone()
         optimizer.state[p] = moved
     return optimizer
 

@@ -16,7 +16,9 @@ over 600 steps, the same validation windows). Per seed:
   AdamW moments carried over, trained on along the same schedule to step 600;
 - `upcycled-fresh`: (b) with a fresh AdamW (the optimizer question);
 - `scratch`: (c) the same 8 x top-2 MoE from random weights, for as many steps as cost the FLOPs of
-  300 dense steps plus 300 MoE steps, with its own warm-up and cosine over those steps.
+  300 dense steps plus 300 MoE steps, with its own warm-up and cosine over those steps;
+- `dense-same-flops`: (d) the dense model from random weights for as many steps as cost the upcycled
+  arm's FLOPs (300 + 300 x F_moe / F_dense), with its own schedule: what the extra compute buys a dense model.
 
 Every arm of a seed sees the same windows at the same step. Each run is OUT/runs/ARM/seedN.json: the
 val loss on 256 fixed windows every 50 steps (phase 1's points included in the continued arms), the
@@ -57,7 +59,8 @@ SWITCH_STEP = 300  # where the dense run is upcycled (half of Part 2's 600 steps
 CURVE_EVERY = 50  # the fixed-window val loss every this many steps
 EVAL_EVERY = 10  # expert spread every this many steps
 N_EXPERT, TOP_K = 8, 2
-ARMS = ("phase1", "scratch", "dense", "upcycled", "upcycled-fresh")  # in the order a process takes them
+# in the order a process takes them
+ARMS = ("phase1", "scratch", "dense", "upcycled", "upcycled-fresh", "dense-same-flops")
 
 
 def moe_config(vocab_size: int):
@@ -70,6 +73,13 @@ def scratch_steps(vocab_size: int, steps: int, switch: int) -> int:
     f_dense = GPT(part1_size(vocab_size)).flops_per_token(100)
     f_moe = GPT(moe_config(vocab_size)).flops_per_token(100)
     return round(steps - switch + switch * f_dense / f_moe)
+
+
+def dense_steps(vocab_size: int, steps: int, switch: int) -> int:
+    """Steps of the dense model that cost as much as the upcycled arm: S + T * F_moe / F_dense."""
+    f_dense = GPT(part1_size(vocab_size)).flops_per_token(100)
+    f_moe = GPT(moe_config(vocab_size)).flops_per_token(100)
+    return round(switch + (steps - switch) * f_moe / f_dense)
 
 
 def phase1_path(work: Path, seed: int, switch: int, steps: int) -> Path:
@@ -111,14 +121,15 @@ def run_arm(arm: str, seed: int, data, vocab_size: int, protocol: Protocol, args
     device = torch.device(args.device)
     train = TrainConfig(lr=protocol.lr, seed=seed)
     switch = args.switch_step
-    steps = scratch_steps(vocab_size, protocol.steps, switch) if arm == "scratch" else protocol.steps
+    steps = {"scratch": scratch_steps(vocab_size, protocol.steps, switch),
+             "dense-same-flops": dense_steps(vocab_size, protocol.steps, switch)}.get(arm, protocol.steps)
     config = protocol.corpus_config()
     config = type(config)(**{**config.to_dict(), "steps": steps,
                                  "eval_interval": math.gcd(EVAL_EVERY, args.curve_every)})
     resume, optimizer, until, checkpoint = None, None, None, None
-    if arm in ("phase1", "scratch"):
+    if arm in ("phase1", "scratch", "dense-same-flops"):  # from random weights, on a schedule of their own
         torch.manual_seed(seed)
-        model = GPT(part1_size(vocab_size) if arm == "phase1" else moe_config(vocab_size)).to(device)
+        model = GPT(moe_config(vocab_size) if arm == "scratch" else part1_size(vocab_size)).to(device)
         if arm == "phase1":  # saved under a temporary name: the file appears whole, at step `switch` only
             until, checkpoint = switch, phase1_path(args.work, seed, switch, steps).with_suffix(".partial")
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +144,7 @@ def run_arm(arm: str, seed: int, data, vocab_size: int, protocol: Protocol, args
                 path, train, N_EXPERT, TOP_K, optimizer_state="fresh" if arm == "upcycled-fresh" else "carry",
                 seed=seed, map_location=device, aux_loss_weight=0.01, z_loss_weight=0.001)
     recorder = Recorder(model, curve, until or steps, args.curve_every)
-    if arm not in ("phase1", "scratch") and model.config.n_expert > 0:
+    if resume is not None and model.config.n_expert > 0:
         recorder(resume.history.evals[-1], None)  # the spread right after upcycling (0 for copies)
     run = train_corpus(model, data, train, config, DistContext(device=device), optimizer=optimizer, resume=resume,
                        checkpoint=checkpoint, on_eval=recorder, progress=False, until=until)
@@ -193,8 +204,8 @@ def summary(out: Path, switch: int = SWITCH_STEP, curve_every: int = CURVE_EVERY
     if timing.is_file():  # two architectures timed; every arm is one of them
         extras["timing"] = json.loads(timing.read_text(encoding="utf-8"))
         seconds = extras["timing"]["seconds_per_step"]
-        seconds.update({"phase1": seconds["dense"], "scratch": seconds["upcycled"],
-                        "upcycled-fresh": seconds["upcycled"]})
+        seconds.update({"phase1": seconds["dense"], "dense-same-flops": seconds["dense"],
+                        "scratch": seconds["upcycled"], "upcycled-fresh": seconds["upcycled"]})
     return {"runs": runs, **extras}
 
 
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             record = run_arm(arm, seed, data, vocab, protocol, args, curve, whole)
             if arm != "phase1":
                 phase1 = args.out / "runs" / "phase1" / f"seed{seed}.json"
-                if arm != "scratch":
+                if arm not in ("scratch", "dense-same-flops"):
                     wait_for(phase1, "run file", args.out, seed)
                     record = with_phase1(record, json.loads(phase1.read_text(encoding="utf-8")), switch)
             path.parent.mkdir(parents=True, exist_ok=True)

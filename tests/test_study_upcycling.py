@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from nanogpt_lib.study_results import Study
+from studies.upcycling import dense_steps, scratch_steps, summary
 from studies.upcycling import main as study
-from studies.upcycling import scratch_steps, summary
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def ran(tmp_path_factory):
 def test_every_arm_writes_its_run(ran):
     out, work, _ = ran
     runs = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in (out / "runs").glob("*/seed0.json")}
-    assert sorted(runs) == ["dense", "phase1", "scratch", "upcycled", "upcycled-fresh"]
+    assert sorted(runs) == ["dense", "dense-same-flops", "phase1", "scratch", "upcycled", "upcycled-fresh"]
     assert (work / "upcycling" / "dense-step4-of8-seed0.pt").is_file()
     assert not list((work / "upcycling").glob("*.partial"))
     assert [e["step"] for e in runs["phase1"]["evals"]] == [0, 2, 4] and "final" not in runs["phase1"]
@@ -40,6 +40,9 @@ def test_every_arm_writes_its_run(ran):
     scratch = runs["scratch"]
     assert scratch["steps"] == scratch_steps(4096, 8, 4) == len(scratch["train_loss"]) == 7  # 4 + 4 * 0.73
     assert scratch["flops_per_token"] == up["flops_per_token"] > runs["dense"]["flops_per_token"]
+    same = runs["dense-same-flops"]  # 4 + 4 * 1.37: the upcycled arm's FLOPs on the dense model
+    assert same["steps"] == dense_steps(4096, 8, 4) == len(same["train_loss"]) == 9
+    assert runs["phase1"]["steps"] == 4 and [e["step"] for e in same["evals"]][-1] == 9
     assert all(6.0 < r["final"]["val_loss"] < 9.0 for k, r in runs.items() if k != "phase1")
 
 

@@ -322,3 +322,11 @@ def test_function_gap_measures_logits_and_loss_in_either_mode():
     tight = _up(dense, 8, 2, capacity_factor=0.5).eval()
     assert function_gap(tight, dense, x, y, train=True).max_logit > 1e-2  # drops happen in training mode only
     assert function_gap(tight, dense, x, y).max_logit < 1e-5 and not tight.training  # mode restored
+
+
+def test_the_moe_keeps_the_dense_models_precision():
+    dense = _dense(dropout=0.0).double()
+    moe = _up(dense, 8, 2)
+    assert {p.dtype for p in moe.parameters()} == {torch.float64}
+    x = _tokens()
+    torch.testing.assert_close(moe.eval()(x)[0], dense.eval()(x)[0], rtol=0, atol=1e-12)  # float64: to its rounding
