@@ -69,7 +69,7 @@ _OPTIONS = {
 # the options that only --upcycle-from uses
 _UPCYCLE_DETAILS = ("--upcycle-method", "--upcycle-noise", "--upcycle-optimizer")
 # model options that an upcycled model takes from its dense checkpoint (or from the method)
-_FROM_CHECKPOINT = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "expert_hidden", "expert_type",
+_FROM_CHECKPOINT = ("block_size", "n_layer", "n_head", "n_embd", "bias", "expert_hidden", "expert_type",
                     "n_shared_expert")
 
 
@@ -211,13 +211,14 @@ def _upcycled(args, train_config: TrainConfig, ctx, micro: int):
     if args.n_expert < 2:
         raise ValueError(f"--upcycle-from makes a Mixture of Experts, but --n-expert is {args.n_expert}; "
                          f"give --n-expert N with N >= 2")
+    from .train import _MOE_OPTIONS, _option
+
     fixed = [_option(name) for name in _FROM_CHECKPOINT if name in given]
     if fixed:
         raise ValueError(f"{', '.join(fixed)}: with --upcycle-from the model's size comes from the dense checkpoint "
                          f"and the experts' kind and width from --upcycle-method; leave them out")
-    from .train import _MOE_OPTIONS
-
-    options = {name: getattr(args, name) for name in _MOE_OPTIONS
+    # the MoE options typed, and --dropout (the MoE may train with another dropout than its dense model did)
+    options = {name: getattr(args, name) for name in (*_MOE_OPTIONS, "dropout")
                if name in given and name not in _FROM_CHECKPOINT and name != "top_k"}
     method = getattr(args, "upcycle_method", "copy")
     dense = load_checkpoint(args.upcycle_from, map_location="cpu")  # on the CPU: the device holds the MoE alone
@@ -226,7 +227,3 @@ def _upcycled(args, train_config: TrainConfig, ctx, micro: int):
                               optimizer_state=getattr(args, "upcycle_optimizer", "carry"),
                               expert_noise=getattr(args, "upcycle_noise", 0.0), seed=args.seed,
                               map_location=ctx.device, **options)
-
-
-def _option(dest: str) -> str:
-    return "--" + dest.replace("_", "-")

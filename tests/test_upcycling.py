@@ -279,14 +279,14 @@ def test_the_command_line_upcycles_a_dense_checkpoint(data, tmp_path, capsys):
     assert load_checkpoint(dense_ck).train_state["step"] == 2
     moe_ck = tmp_path / "moe.pt"
     main([*common, "--no-progress", "--steps", "4", "--upcycle-from", str(dense_ck), "--n-expert", "4",
-          "--top-k", "2", "--aux-loss-weight", "0.02", "--checkpoint", str(moe_ck)])
+          "--top-k", "2", "--aux-loss-weight", "0.02", "--dropout", "0.1", "--checkpoint", str(moe_ck)])
     out = capsys.readouterr().out
     assert re.search(r"Upcycled .*dense\.pt \(dense, step 2\): 4 experts, top-2, method copy, optimizer state carry",
                      out)
     assert "step      4/4" in out
     saved = load_checkpoint(moe_ck)
     assert saved.config.n_expert == 4 and saved.config.expert_hidden == 64 and saved.config.capacity_factor is None
-    assert saved.config.aux_loss_weight == 0.02 and saved.train_state["step"] == 4
+    assert saved.config.aux_loss_weight == 0.02 and saved.config.dropout == 0.1 and saved.train_state["step"] == 4
     assert [e["step"] for e in saved.history.evals] == [0, 2, 4]
 
 
