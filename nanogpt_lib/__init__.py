@@ -14,6 +14,7 @@
     checkup         the 25 % check-up shared by the command line and the notebooks
     costs           parameters, FLOPs, memory and forward time of a configuration
     experiments     small experiments the notebooks run (capacity vs cost, dense vs MoE), the study's models
+    upcycling       a trained dense model made into an MoE (each expert a copy or a slice of the MLP)
     corpora         named corpora the package does not ship (Machado de Assis): source, checksums, cache
     comparison      a fixed validation set for every model, and paired statistics over seeds
     baselines       unigram and bigram count models: the floor a language model must beat

@@ -1,7 +1,7 @@
 """Sparse upcycling: a trained dense model becomes the starting point of a Mixture of Experts.
 
 Instead of training an MoE from random weights, copy a trained dense model (Komatsuzaki et al., 2023,
-"Sparse Upcycling"; Qwen1.5-MoE and several Mixtral-style models started this way):
+"Sparse Upcycling", arXiv:2212.05055; Qwen1.5-MoE-A2.7B was upcycled from the dense Qwen-1.8B):
 
 - attention, embeddings, LayerNorms and the dense blocks (with `moe_every` > 1) are the dense model's;
 - each MoE block's experts come from that block's MLP, in one of two ways (`method`):
@@ -35,9 +35,11 @@ drift at once, at the price of exactness.
 
 Optimizer. `upcycled_optimizer` builds the MoE's AdamW either fresh, or with the dense moments carried
 over: every parameter that exists in both takes its state, each expert the state of the weights it was
-copied (or sliced) from, the router none. The moments are copied as they are; an expert sees only its
-share of the tokens, so its gradients are smaller than the MLP's were and AdamW's averages adjust over
-roughly 1 / (1 - beta) steps.
+copied (or sliced) from, the router none. The moments are copied as they are. An expert's gradient is
+its tokens' share of the MLP's (about 1 / E of it right after a copy), so the carried v is about E^2 times
+too large for it and decays towards its own scale with a time constant of 1 / (1 - beta_2) steps; until
+then the copies take smaller steps than a fresh AdamW would, and nearly the same steps while the carried
+m dominates.
 """
 
 from __future__ import annotations
