@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .comparison import PairedDifference, Summary, paired_difference, summarise
 from .experiments import capacity_key
 
@@ -219,6 +220,15 @@ def study_path(name: str = "moe_vs_dense") -> Path:
     if name not in STUDY_FILES:
         raise ValueError(f"study {name!r} is not known: choose one of {sorted(STUDY_FILES)}")
     return Path(str(resources.files("nanogpt_lib") / "data" / "studies" / STUDY_FILES[name]))
+
+
+def save_study(name: str, summary: dict) -> Path:
+    """Write a study's summary where `load_study(name)` reads it (atomically); returns the path."""
+    target = study_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, json.dumps(summary, separators=(",", ":")) + "\n")
+    print(f"{len(summary['runs'])} runs -> {target} ({target.stat().st_size / 1e3:.0f} kB)")
+    return target
 
 
 def load_study(name: str = "moe_vs_dense", path: str | Path | None = None) -> Study:

@@ -64,7 +64,7 @@ from nanogpt_lib.specialisation import (
     token_purity,
     vocabulary_classes,
 )
-from nanogpt_lib.study_results import study_path, summarise_runs
+from nanogpt_lib.study_results import save_study, summarise_runs
 from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
 from nanogpt_lib.tokens import TRAIN_STREAM, open_tokens, shard_batches, window_starts
 
@@ -174,6 +174,45 @@ def weights_path(work: Path, key: str, seed: int) -> Path:
     return work / "weights" / f"{key}-seed{seed}.pt"
 
 
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    """The trained weights, for --timing and --analyse (written whole or not at all)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def claim_run(result: Path, claim: Path) -> bool:
+    """Whether this process takes the run whose result file is `result`: not when the file exists, nor when
+    another process of the study holds `claim` (delete stale claims of runs that were stopped)."""
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    if result.is_file():
+        return False
+    try:
+        claim.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
+
+
+def write_timing(out: Path, seconds: dict[str, float], device: torch.device, rounds: int, **extra) -> None:
+    """OUT/timing-DEVICE.json from `time_steps`' medians, and one line per model in dense steps."""
+    found = {"seconds_per_step": seconds, "machine": machine(device), "rounds": rounds, "steps_per_round": 5, **extra}
+    atomic_write_text(out / f"timing-{device.type}.json", json.dumps(found, indent=1) + "\n")
+    width = max(16, *(len(key) + 1 for key in seconds))
+    for key, s in seconds.items():
+        print(f"{key:<{width}} {1000 * s:7.1f} ms/step  {s / seconds['dense']:.2f}x dense")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_out: Path, work_help: str) -> None:
+    """The options every study command shares: device, threads, the corpus copy, and where files go."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default torch's")
+    p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else $NANOGPT_MACHADO_DIR, "
+                   "else the cache)")
+    p.add_argument("--out", type=Path, default=default_out, help="where the result files go (committed)")
+    p.add_argument("--work", type=Path, default=cache_root() / "studies", help=work_help)
+
+
 # ------------------------------------------------------------------ timing
 def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: Protocol, work: Path, seed: int,
                device: torch.device, rounds: int = 8, steps_per_round: int = 5) -> dict[str, float]:
@@ -274,12 +313,7 @@ def summarise(out: Path) -> Path:
         path = out / f"{name}.json"
         if path.is_file():
             extras[name.replace("-cpu", "").replace("-cuda", "_cuda")] = json.loads(path.read_text(encoding="utf-8"))
-    target = study_path("moe_vs_dense")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    summary = summarise_runs(out / "runs", extras)
-    atomic_write_text(target, json.dumps(summary, separators=(",", ":")) + "\n")
-    print(f"{len(summary['runs'])} runs -> {target} ({target.stat().st_size / 1e3:.0f} kB)")
-    return target
+    return save_study("moe_vs_dense", summarise_runs(out / "runs", extras))
 
 
 # --------------------------------------------------------------- command
@@ -292,13 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="seeds of the aux and capacity grids (main and k use --seeds)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--only", nargs="+", default=None, help="only these model keys of the chosen experiments")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default torch's")
-    p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else $NANOGPT_MACHADO_DIR, "
-                   "else the cache)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the result files go (committed)")
-    p.add_argument("--work", type=Path, default=cache_root() / "studies",
-                   help="trained weights of the first seed, and the claim files (not committed)")
+    add_run_arguments(p, DEFAULT_OUT, "trained weights of the first seed, and the claim files (not committed)")
     p.add_argument("--timing", action="store_true", help="only measure each model's step time (interleaved)")
     p.add_argument("--timing-rounds", type=int, default=8, help="rounds of 5 steps per model in --timing")
     p.add_argument("--eval-windows", type=int, default=None,
@@ -328,12 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--timing needs the dense model's trained weights in {str(args.work)!r} (seed "
                              f"{args.seeds[0]}): every step time is given in dense steps; train it first")
         seconds = time_steps(keys, configs, data, protocol, args.work, args.seeds[0], device, args.timing_rounds)
-        out = {"seconds_per_step": seconds, "machine": machine(device), "rounds": args.timing_rounds,
-               "steps_per_round": 5,
-               "batch_tokens": protocol.batch_size * 100}
-        atomic_write_text(args.out / f"timing-{device.type}.json", json.dumps(out, indent=1) + "\n")
-        for key, s in seconds.items():
-            print(f"{key:<16} {1000 * s:7.1f} ms/step  {s / seconds['dense']:.2f}x dense")
+        write_timing(args.out, seconds, device, args.timing_rounds, batch_tokens=protocol.batch_size * 100)
         return
     curve = fixed_windows(data.val, 100, min(CURVE_WINDOWS, args.eval_windows or CURVE_WINDOWS))
     whole = fixed_windows(data.val, 100, args.eval_windows)
@@ -352,23 +375,14 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     for key, seed in todo:
         path = run_path(args.out, key, seed)
-        claim = args.work / "claims" / f"{key}-seed{seed}"
-        claim.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            continue
-        try:
-            claim.touch(exist_ok=False)  # another process of this study is on it (delete stale claims)
-        except FileExistsError:
+        if not claim_run(path, args.work / "claims" / f"{key}-seed{seed}"):
             continue
         t0 = time.perf_counter()
         record, model = train_one(key, configs[key], seed, data, protocol, device, curve, whole)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record) + "\n")
         if seed == args.seeds[0]:
-            weights = weights_path(args.work, key, seed)
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(weights) as tmp:
-                torch.save(model.state_dict(), tmp)
+            save_weights(weights_path(args.work, key, seed), model)
         print(f"{key:<18} seed {seed}: val {record['final']['val_loss']:.4f} (ppl "
               f"{math.exp(record['final']['val_loss']):.1f}) in {time.perf_counter() - t0:.0f} s "
               f"[{time.perf_counter() - began:.0f} s total]", flush=True)

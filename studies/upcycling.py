@@ -42,16 +42,26 @@ from pathlib import Path
 import torch
 
 from nanogpt_lib import GPT, TrainConfig
-from nanogpt_lib.atomic import atomic_path, atomic_write_text
+from nanogpt_lib.atomic import atomic_write_text
 from nanogpt_lib.comparison import fixed_windows, windows_loss
-from nanogpt_lib.corpora import cache_root
 from nanogpt_lib.corpus_train import train_corpus
 from nanogpt_lib.distributed import DistContext
 from nanogpt_lib.experiments import part1_size
 from nanogpt_lib.moe import imbalance
-from nanogpt_lib.study_results import study_path
+from nanogpt_lib.study_results import save_study
 from nanogpt_lib.upcycling import expert_spread, upcycle_checkpoint, upcycle_config
-from studies.moe_vs_dense import CURVE_WINDOWS, Protocol, machine, prepared_corpus, time_steps, weights_path
+from studies.moe_vs_dense import (
+    CURVE_WINDOWS,
+    Protocol,
+    add_run_arguments,
+    claim_run,
+    machine,
+    prepared_corpus,
+    save_weights,
+    time_steps,
+    weights_path,
+    write_timing,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "studies" / "results" / "upcycling"
@@ -163,10 +173,7 @@ def run_arm(arm: str, seed: int, data, vocab_size: int, protocol: Protocol, args
     if arm != "phase1":
         record["final"] = {"val_loss": windows_loss(model, *whole)}
     if seed == args.seeds[0] and arm in ("dense", "upcycled"):  # for --timing
-        weights = weights_path(args.work / "upcycling", arm, seed)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(weights) as tmp:
-            torch.save(model.state_dict(), tmp)
+        save_weights(weights_path(args.work / "upcycling", arm, seed), model)
     return record
 
 
@@ -211,12 +218,7 @@ def summary(out: Path, switch: int = SWITCH_STEP, curve_every: int = CURVE_EVERY
 
 def summarise(out: Path, switch: int = SWITCH_STEP, curve_every: int = CURVE_EVERY) -> Path:
     """OUT's summary -> nanogpt_lib/data/studies/upcycling.json (what notebook 10 reads)."""
-    target = study_path("upcycling")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    found = summary(out, switch, curve_every)
-    atomic_write_text(target, json.dumps(found, separators=(",", ":")) + "\n")
-    print(f"{len(found['runs'])} runs -> {target} ({target.stat().st_size / 1e3:.0f} kB)")
-    return target
+    return save_study("upcycling", summary(out, switch, curve_every))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,13 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="+", default=None, choices=list(ARMS), help="only these arms")
     p.add_argument("--steps", type=int, default=600, help="steps of the dense schedule")
     p.add_argument("--switch-step", type=int, default=SWITCH_STEP, help="the step at which the dense run is upcycled")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (CPU); default torch's")
-    p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else $NANOGPT_MACHADO_DIR, "
-                   "else the cache)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the result files go (committed)")
-    p.add_argument("--work", type=Path, default=cache_root() / "studies",
-                   help="the phase-1 checkpoints, weights for --timing and the claim files (not committed)")
+    add_run_arguments(p, DEFAULT_OUT,
+                      "the phase-1 checkpoints, weights for --timing and the claim files (not committed)")
     p.add_argument("--curve-every", type=int, default=CURVE_EVERY, help="the fixed-window val loss every N steps")
     p.add_argument("--eval-windows", type=int, default=None,
                    help="score on this many validation windows instead of the whole split (a quick check)")
@@ -253,13 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     vocab = len(tokenizer)
     if args.timing:
         configs = {"dense": part1_size(vocab), "upcycled": moe_config(vocab)}
-        seconds = time_steps(list(configs), configs, data, protocol, args.work / "upcycling", args.seeds[0],
-                             torch.device(args.device), args.timing_rounds)
-        out = {"seconds_per_step": seconds, "machine": machine(torch.device(args.device)),
-               "rounds": args.timing_rounds, "steps_per_round": 5}
-        atomic_write_text(args.out / f"timing-{torch.device(args.device).type}.json", json.dumps(out, indent=1) + "\n")
-        for key, s in seconds.items():
-            print(f"{key:<10} {1000 * s:7.1f} ms/step  {s / seconds['dense']:.2f}x dense")
+        device = torch.device(args.device)
+        seconds = time_steps(list(configs), configs, data, protocol, args.work / "upcycling", args.seeds[0], device,
+                             args.timing_rounds)
+        write_timing(args.out, seconds, device, args.timing_rounds)
         return
     curve = fixed_windows(data.val, 100, min(CURVE_WINDOWS, args.eval_windows or CURVE_WINDOWS))
     whole = fixed_windows(data.val, 100, args.eval_windows)
@@ -272,13 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.only is not None and arm not in args.only:
                 continue
             path = args.out / "runs" / arm / f"seed{seed}.json"
-            claim = args.work / "claims" / f"upcycling-{arm}-seed{seed}"
-            claim.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_file():
-                continue
-            try:
-                claim.touch(exist_ok=False)
-            except FileExistsError:
+            if not claim_run(path, args.work / "claims" / f"upcycling-{arm}-seed{seed}"):
                 continue
             t0 = time.perf_counter()
             record = run_arm(arm, seed, data, vocab, protocol, args, curve, whole)
