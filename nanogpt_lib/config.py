@@ -22,6 +22,8 @@ ROUTER_TYPES = ("softmax", "sigmoid")  # Part 2 / Mixtral, or DeepSeek-V3's inde
 # load_balancing_loss_func (Mixtral, and the same function in Qwen2/Qwen3-MoE, OLMoE, gpt-oss: k times
 # Switch's), or DeepSeek-V3's sequence-wise loss (Switch's per sequence, averaged)
 AUX_LOSS_TYPES = ("switch", "mixtral", "qwen", "sequence")
+# the fields that fix the shapes of every tensor outside the MoE layers (a run can only continue a model that has them)
+SHAPE_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "bias")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint
 from .cli_errors import first_line
+from .config import SHAPE_FIELDS
 from .corpus_train import CorpusConfig, CorpusRun, train_corpus
 from .costs import check_fits
 from .distributed import init_distributed, shutdown
@@ -69,8 +70,8 @@ _OPTIONS = {
 # the options that only --upcycle-from uses
 _UPCYCLE_DETAILS = ("--upcycle-method", "--upcycle-noise", "--upcycle-optimizer")
 # model options that an upcycled model takes from its dense checkpoint (or from the method)
-_FROM_CHECKPOINT = ("block_size", "n_layer", "n_head", "n_embd", "bias", "expert_hidden", "expert_type",
-                    "n_shared_expert")
+# (the vocabulary has no option: it comes from the tokenizer)
+_FROM_CHECKPOINT = (*(f for f in SHAPE_FIELDS if f != "vocab_size"), "expert_hidden", "expert_type", "n_shared_expert")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .config import SHAPE_FIELDS
 from .distributed import DistContext, mean_over_ranks, unwrap, wrap
 from .evaluation import eval_mode
 from .moe import update_expert_biases
@@ -188,8 +189,7 @@ def train_corpus(
     optimizer = optimizer if optimizer is not None else make_optimizer(model, train_config)
     history, start = History(), 0
     if isinstance(resume, Checkpoint):
-        shape = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
-        differs = [f"{k}: {getattr(resume.config, k)!r} -> {getattr(model.config, k)!r}" for k in shape
+        differs = [f"{k}: {getattr(resume.config, k)!r} -> {getattr(model.config, k)!r}" for k in SHAPE_FIELDS
                    if getattr(resume.config, k) != getattr(model.config, k)]
         if differs:
             raise ValueError(f"the model does not continue the checkpoint's run: {'; '.join(differs)}")

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .config import GPTConfig
+from .config import SHAPE_FIELDS, GPTConfig
 from .model import GPT
 from .moe import MoE
 from .training import TrainConfig, make_optimizer
@@ -59,8 +59,7 @@ from .training import TrainConfig, make_optimizer
 METHODS = ("copy", "split")
 OPTIMIZER_STATES = ("carry", "fresh")
 # what upcycle decides itself: the experts' kind and width come from the dense MLP, every shape from the dense model
-_FIXED = ("expert_type", "expert_hidden", "n_shared_expert", "block_size", "vocab_size", "n_layer", "n_head",
-          "n_embd", "bias")
+_FIXED = ("expert_type", "expert_hidden", "n_shared_expert", *SHAPE_FIELDS)
 
 
 def upcycle_config(dense: GPTConfig, n_expert: int = 8, top_k: int = 2, method: str = "copy",
