@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.summarise:
         summarise(args.out, args.switch_step, args.curve_every)
         return
+    if args.curve_every < 1:
+        raise SystemExit(f"--curve-every {args.curve_every} is not allowed: it must be a number of steps >= 1")
     if not 0 < args.switch_step < args.steps:
         raise SystemExit(f"--switch-step {args.switch_step} is not allowed: the dense run is upcycled at a step in "
                          f"1..{args.steps - 1} (before --steps {args.steps})")

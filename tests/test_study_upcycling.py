@@ -63,6 +63,8 @@ def test_a_finished_arm_is_skipped_and_the_summary_reads_back(ran, capsys):
 def test_the_switch_must_fall_inside_the_run(tmp_path):
     with pytest.raises(SystemExit, match=r"--switch-step 8 is not allowed: .* in 1\.\.7"):
         study(["--steps", "8", "--switch-step", "8", "--out", str(tmp_path), "--work", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--curve-every 0 is not allowed: it must be a number of steps >= 1"):
+        study(["--steps", "8", "--switch-step", "4", "--curve-every", "0", "--out", str(tmp_path)])
 
 
 def test_cost_counts_each_step_at_the_model_it_ran_on_and_the_figures_draw(ran):
