@@ -1,91 +1,240 @@
-"""MoE dispatch: the vectorised layer vs the loop layer vs a dense MLP with the same active parameters.
+"""The MoE training step against the dense step it replaces, on real text, after the routers have skewed.
 
-    python -m benchmarks.moe_dispatch
-    python -m benchmarks.moe_dispatch --repeats 20 --threads 2
+    python -m benchmarks.moe_dispatch                     # Machado corpus (NANOGPT_MACHADO_DIR or --corpus-dir)
+    python -m benchmarks.moe_dispatch --train-steps 0     # fresh routers: balanced, the flattering case
+    python -m benchmarks.moe_dispatch --compile           # also torch.compile'd steps (inductor)
+    python -m benchmarks.moe_dispatch --data DIR          # a corpus prepared by `python -m nanogpt_lib.prepare`
 
-E experts (8, and 64 at the Part-1 size), top-2, each expert half the dense MLP's width
-(C -> 2C -> C), so a token uses as many weights in its two experts as in the dense MLP (C -> 4C -> C);
-capacity factor 1.25. Timed, interleaved
-in one process: the feed-forward layer alone (forward + backward on a batch of hidden states) and a
-whole training step (forward, backward, AdamW) of the model built around it. The two dispatches must
-give the same layer output; the command checks it before timing.
+Part-1 size (4 layers, 128 wide, T = 100, batch 16). Every model below uses as many expert weights per token
+as the dense MLP (C -> 4C -> C): 8 experts of half width top-2, with no capacity limit and with capacity factor
+1.25, and 64 experts of an eighth of the width top-8 (fine-grained). Each model first trains for
+`--train-steps` steps on the corpus, the router learning to prefer some experts as it does in the study, and
+its imbalance (busiest expert's share over the fair share, mean over layers) is printed. Then the steps are
+timed interleaved in one process (dense, MoE, MoE, ...; median of `--repeats`): each call is
+`corpus_train.accumulated_step` on the next batch of the corpus, the step the CLI and the studies run. Each
+MoE is timed with the three dispatches (`moe.DISPATCH`): grouped (the default), vectorised (the padded
+buffer) and loop (the readable reference), after checking that the grouped and loop dispatches give the same
+loss and gradients on the same batch. Targets (issue 21): MoE 8x2 <= 1.10x the dense step, 64x8 <= 1.3x.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
+import time
 
 import torch
 
-from nanogpt_lib import GPT, TrainConfig, make_optimizer, part1_config, train_step
-from nanogpt_lib.model import MLP
-from nanogpt_lib.moe import MoE
+from nanogpt_lib import GPT, TrainConfig, load_tokenizer, make_optimizer
+from nanogpt_lib.corpus_train import accumulated_step
+from nanogpt_lib.experiments import part1_size, study_moe
+from nanogpt_lib.moe import (
+    GroupedRows,
+    MoE,
+    grouped_matmul,
+    layer_stats,
+    load_balancing_loss,
+    mean_imbalance,
+    router_z_loss,
+)
+from nanogpt_lib.prepare import prepare_named
+from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
+from nanogpt_lib.tokens import TRAIN_STREAM, open_tokens, shard_batches, window_starts
 
-from .common import interleaved, machine, table, timing_cells
+from .common import interleaved, machine, table
+
+BATCH = 16
+TARGETS = {"MoE 8x2": 1.10, "MoE 8x2, capacity 1.25": 1.10, "MoE 64x8 fine-grained": 1.30}
 
 
-def models(dense_config, n_expert: int) -> dict:
-    C = dense_config.n_embd
-    moe = dataclasses.replace(dense_config, n_expert=n_expert, top_k=2, expert_hidden=2 * C)
-    return {"dense MLP": dense_config, "MoE vectorised": moe,
-            "MoE loop": dataclasses.replace(moe, moe_dispatch="loop")}
+def models(vocab_size: int) -> dict:
+    dense = part1_size(vocab_size)
+    return {"dense": dense,
+            "MoE 8x2": study_moe(dense, 8, 2, 256),
+            "MoE 8x2, capacity 1.25": study_moe(dense, 8, 2, 256, capacity_factor=1.25),
+            "MoE 64x8 fine-grained": study_moe(dense, 64, 8, 64)}
 
 
-def layer_call(layer: torch.nn.Module, x: torch.Tensor):
+class Batches:
+    """The training batches of the corpus, step after step, as the corpus loop draws them (seed 0)."""
+
+    def __init__(self, tokens, block_size: int, device: torch.device):
+        self.tokens, self.block_size, self.device = tokens, block_size, device
+
+    def __call__(self, step: int) -> list:
+        starts = window_starts(len(self.tokens), self.block_size, BATCH, 0, TRAIN_STREAM, step)
+        return [(x.to(self.device), y.to(self.device))
+                for x, y in shard_batches(self.tokens, starts, self.block_size, 1, 1, 0)]
+
+
+def set_dispatch(model: GPT, dispatch: str) -> GPT:
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.dispatch = dispatch
+    return model
+
+
+def trained(config, batches: Batches, steps: int, lr: float, device: torch.device) -> tuple[GPT, list[float]]:
+    """The model after `steps` steps of the corpus loop, and its imbalance per layer over the last 10 steps."""
+    torch.manual_seed(0)
+    model = GPT(config).to(device)
+    optimizer = make_optimizer(model, TrainConfig(lr=lr))
+    log: list = []
+    for step in range(steps):
+        accumulated_step(model, optimizer, batches(step), grad_clip=1.0, moe_log=log)
+    return model, (mean_imbalance(log[-10:]) if log else [])
+
+
+def same_step(a: GPT, b: GPT, batch: list) -> float:
+    """Largest absolute difference between two models' losses and parameter gradients on one batch."""
+    worst = 0.0
+    grads = []
+    for model in (a, b):
+        model.zero_grad(set_to_none=True)
+        x, y = batch[0]
+        _, loss, moe = model(x, targets=y, with_moe=True)
+        (loss + moe.penalty).backward()
+        grads.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for g, h in zip(*grads, strict=True):
+        worst = max(worst, float((g - h).abs().max()))
+    for model in (a, b):
+        model.zero_grad(set_to_none=True)
+    return worst
+
+
+def stepper(model: torch.nn.Module, batches: Batches, lr: float, start: int):
+    """A function that runs the next training step of `model` (on its own copy of the optimizer)."""
+    optimizer = make_optimizer(model, TrainConfig(lr=lr))
+    step = [start]
+
     def run():
-        x.grad = None
-        out = layer(x)
-        y = out[0] if isinstance(out, tuple) else out
-        y.square().mean().backward()
+        accumulated_step(model, optimizer, batches(step[0]), grad_clip=1.0)
+        step[0] += 1
     return run
+
+
+def hidden_state(model: GPT, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """(B, T, C) what block `layer`'s feed-forward layer receives for the tokens x."""
+    seen = []
+    hook = model.transformer.h[layer].mlp.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return seen[0].detach()
+
+
+def layer_parts(moe_model: GPT, dense_model: GPT, x: torch.Tensor, repeats: int, layer: int = 1) -> dict:
+    """Forward + backward times (s) of one feed-forward layer and of the MoE layer's parts, interleaved, on the
+    hidden states each trained model computes for the same tokens: where the MoE's extra time goes."""
+    moe, mlp = moe_model.transformer.h[layer].mlp.train(), dense_model.transformer.h[layer].mlp.train()
+    h_moe, h_dense = hidden_state(moe_model, x, layer), hidden_state(dense_model, x, layer)
+    flat = h_moe.reshape(-1, h_moe.shape[-1])  # (N, C)
+    rows = GroupedRows.of(moe.route(flat))
+    picked = flat.index_select(0, rows.token)  # (M, C): the rows the experts compute
+    fc, proj = moe.experts.linears
+
+    def backward_of(fn, *inputs):
+        def run():
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            out = fn(*leaves)
+            (out if isinstance(out, torch.Tensor) else sum(o.sum() for o in out)).square().sum().backward()
+        return run
+
+    def routing(h):
+        r = moe.route(h)
+        layer_stats(r)
+        return load_balancing_loss(r) + router_z_loss(r.logits) + r.weights.sum()
+
+    def products(a):  # the two expert products and nothing else
+        return grouped_matmul(grouped_matmul(a, fc.weight, rows.ends), proj.weight, rows.ends)
+
+    def dense_products(h):  # the dense MLP's two products, the same FLOPs as the experts' at equal active size
+        return torch.nn.functional.linear(torch.nn.functional.linear(h, mlp.c_fc.weight), mlp.c_proj.weight)
+
+    parts = {"dense MLP layer": backward_of(lambda h: mlp(h), h_dense),
+             "MoE layer": backward_of(lambda h: moe(h)[0], h_moe),
+             "  routing: router, softmax, top-k, seats, losses, statistics": backward_of(routing, flat),
+             "  expert products (grouped)": backward_of(products, picked),
+             "  the dense MLP's products (the same FLOPs)": backward_of(dense_products, h_dense)}
+    return interleaved(parts, repeats)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.moe_dispatch", description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per variant (median reported)")
+    p.add_argument("--data", default=None, help="a prepared corpus folder (default: the Machado corpus)")
+    p.add_argument("--corpus-dir", default=None, help="local copy of the Machado corpus (else NANOGPT_MACHADO_DIR)")
+    p.add_argument("--train-steps", type=int, default=200, help="steps each model trains before timing (0: fresh)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per variant (median reported)")
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--no-loop", action="store_true", help="leave out the loop reference (slow with 64 experts)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd steps of the grouped models")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    for name in ("train_steps", "repeats"):
+        if getattr(args, name) < (0 if name == "train_steps" else 1):
+            p.error(f"--{name.replace('_', '-')}={getattr(args, name)} is not allowed: "
+                    f"it must be an integer >= {0 if name == 'train_steps' else 1}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"machine: {machine()}; threads {torch.get_num_threads()}\n")
-    part1 = dataclasses.replace(part1_config(4096), dropout=0.0)
-    larger = dataclasses.replace(part1, n_layer=6, n_head=8, n_embd=512, block_size=128)
-    cases = [("Part 1 (4L 128d, T=100, B=16), 8 experts", part1, 16, 8),
-             ("Part 1 (4L 128d, T=100, B=16), 64 experts", part1, 16, 64),
-             ("larger (6L 512d, T=128, B=16), 8 experts", larger, 16, 8)]
+    tokenizer = load_tokenizer(BUNDLED_TOKENIZER_NAME)
+    folder = args.data or prepare_named("machado", tokenizer, local=args.corpus_dir).folder
+    data = open_tokens(folder)
+    configs = models(len(tokenizer))
+    batches = Batches(data.train, configs["dense"].block_size, device)
+    print(f"machine: {machine()}; threads {torch.get_num_threads()}")
+    print(f"corpus: {folder} ({len(data.train):,} training tokens); batch {BATCH} x {batches.block_size}; "
+          f"{args.train_steps} training steps before timing\n")
+
+    steps, rows_of, trained_models = {}, {}, {}
+    for name, config in configs.items():
+        start = time.perf_counter()
+        model, skew = trained(config, batches, args.train_steps, args.lr, device)
+        trained_models[name] = model
+        print(f"{name}: trained in {time.perf_counter() - start:.0f} s"
+              + (f"; imbalance per layer {', '.join(f'{v:.2f}' for v in skew)}" if skew else ""))
+        dispatches = ["grouped", "vectorised"] + ([] if args.no_loop else ["loop"]) if config.n_expert else ["grouped"]
+        for dispatch in dispatches:
+            variant = set_dispatch(copy.deepcopy(model), dispatch)
+            if dispatch == "loop":
+                print(f"  grouped vs loop, loss and every gradient on one batch: max abs diff "
+                      f"{same_step(set_dispatch(copy.deepcopy(model), 'grouped'), variant, batches(10**6)):.1e}")
+            key = name if not config.n_expert else f"{name}|{dispatch}"
+            steps[key] = stepper(variant, batches, args.lr, args.train_steps)
+            rows_of[key] = (name, dispatch if config.n_expert else "-", skew, False)
+        if args.compile:
+            compiled = torch.compile(copy.deepcopy(model))
+            run = stepper(compiled, batches, args.lr, args.train_steps)
+            start = time.perf_counter()
+            run()
+            key = f"{name}|compiled"
+            steps[key] = run
+            rows_of[key] = (name, f"{'grouped, ' if config.n_expert else ''}compiled "
+                                  f"(first step {time.perf_counter() - start:.0f} s)", skew, True)
+    print()
+    seconds = interleaved(steps, args.repeats, device=device)
+    tokens = BATCH * batches.block_size
     rows = []
-    for name, config, batch, n_expert in cases:
-        tokens = batch * config.block_size
-        configs = models(config, n_expert)
-        # the layer alone, on the same hidden states
-        torch.manual_seed(0)
-        layers = {k: (MoE(c) if c.n_expert else MLP(c)).to(device).train() for k, c in configs.items()}
-        layers["MoE loop"].load_state_dict(layers["MoE vectorised"].state_dict())
-        x = torch.randn(batch, config.block_size, config.n_embd, device=device, requires_grad=True)
-        same = torch.allclose(layers["MoE loop"](x)[0], layers["MoE vectorised"](x)[0], atol=1e-5)
-        print(f"{name}: loop and vectorised layers agree: {same}")
-        layer_s = interleaved({k: layer_call(m, x) for k, m in layers.items()}, args.repeats, device=device)
-        # the whole training step
-        steps = {}
-        for k, c in configs.items():
-            torch.manual_seed(0)
-            model = GPT(c).to(device)
-            opt = make_optimizer(model, TrainConfig(lr=1e-4))
-            ids = torch.randint(0, c.vocab_size, (batch, c.block_size), device=device)
-            steps[k] = (lambda m=model, o=opt, i=ids: train_step(m, o, (i, i)))
-        step_s = interleaved(steps, args.repeats, device=device)
-        for k in configs:
-            model_active = GPT(configs[k]).num_active_params() if device.type == "cpu" else 0
-            rows.append([name, k, f"{model_active:,}", *timing_cells(layer_s[k], tokens, layer_s["dense MLP"]),
-                         *timing_cells(step_s[k], tokens, step_s["dense MLP"])])
-        loop, vec = layer_s["MoE loop"], layer_s["MoE vectorised"]
-        print(f"  vectorised layer is {loop / vec:.2f}x the loop's speed; its step takes "
-              f"{step_s['MoE vectorised'] / step_s['dense MLP']:.2f}x the dense step's time\n")
-    print(table(["size", "feed-forward", "active params", "layer ms", "layer tokens/s", "layer speed vs dense",
-                 "step ms", "step tokens/s", "step speed vs dense"], rows))
+    for key, s in seconds.items():
+        name, dispatch, skew, compiled = rows_of[key]
+        ratio = s / seconds["dense|compiled" if compiled else "dense"]  # compiled steps against the compiled dense
+        target = TARGETS.get(name)
+        verdict = "" if target is None or dispatch != "grouped" else ("met" if ratio <= target else "not met")
+        rows.append([name, dispatch, f"{sum(skew) / len(skew):.2f}" if skew else "-", f"{1000 * s:.1f}",
+                     f"{tokens / s:,.0f}", f"{ratio:.2f}x", f"<= {target:.2f}x {verdict}" if verdict else ""])
+    print(table(["model", "dispatch", "imbalance", "step ms", "tokens/s", "time vs dense", "target"], rows))
+
+    print("\nWhere the time goes: one feed-forward layer (block 1), forward + backward, grouped dispatch")
+    x = batches(10**6)[0][0]
+    parts_rows = []
+    for name, model in trained_models.items():
+        if name == "dense":
+            continue
+        parts = layer_parts(set_dispatch(model, "grouped"), trained_models["dense"], x, 3 * args.repeats)
+        dense = parts["dense MLP layer"]
+        parts_rows += [[name, part, f"{1000 * s:.2f}", f"{s / dense:.2f}x"] for part, s in parts.items()]
+    print(table(["model", "part", "ms", "vs the dense layer"], parts_rows))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-DISPATCHES = ("vectorised", "loop")
+DISPATCHES = ("grouped", "vectorised", "loop")
 # GPT-2's MLP, the gated SwiGLU of LLaMA, Mixtral, Qwen, DeepSeek, OLMoE, or gpt-oss's clamped variant
 EXPERT_TYPES = ("gelu", "swiglu", "clamped_swiglu")
 ROUTER_TYPES = ("softmax", "sigmoid")  # Part 2 / Mixtral, or DeepSeek-V3's independent scores
@@ -45,7 +45,7 @@ class GPTConfig:
     aux_loss_weight: float = 0.01  # load-balancing loss weight (the loss: aux_loss_type)
     z_loss_weight: float = 0.001  # ST-MoE router z-loss weight (softmax routers; a sigmoid router has none)
     router_noise: float = 0.0  # std of Gaussian noise on router logits, training only
-    moe_dispatch: str = "vectorised"  # "vectorised" (batched matmuls) or "loop" (one expert at a time)
+    moe_dispatch: str = "grouped"  # "grouped" (rows sorted by expert), "vectorised" (padded buffer), "loop"
     # --- today's MoE designs (Part 3); the defaults keep Part 2's MoE
     expert_type: str = "gelu"  # "gelu" (GPT-2 MLP) or "swiglu" (gated, fused gate_up weights)
     n_shared_expert: int = 0  # always-active experts added to the routed ones (DeepSeek), same width each

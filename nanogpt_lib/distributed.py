@@ -84,7 +84,7 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     if not ctx.is_distributed:
         return model
     # with the loop dispatch an expert that no token chose this step gets no gradient: DDP must expect it
-    # (the vectorised dispatch runs every expert on its buffer, so every parameter takes part)
+    # (the grouped and vectorised dispatches use every expert's weight tensors, so every parameter takes part)
     config = getattr(model, "config", None)
     moe = getattr(config, "n_expert", 0) > 0 and getattr(config, "moe_dispatch", "") == "loop"
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,

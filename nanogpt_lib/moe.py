@@ -28,9 +28,12 @@ for that token, which still goes on through the residual connection (x + 0). Dro
 PyTorch does not need fixed shapes, so `dispatch_vectorised`'s buffer has as many rows as the fullest
 expert uses (at most `capacity`): the drops are those of a fixed buffer, the memory only what is used.
 
-Two dispatch implementations compute the same thing. `dispatch_loop` takes the experts one at a
-time (easy to read); `dispatch_vectorised` copies the kept tokens into one (E, S, C) buffer, runs
-all experts with two batched matrix products, and adds the results back (the default).
+Three dispatch implementations compute the same thing. `dispatch_loop` takes the experts one at a
+time (easy to read: the reference); `dispatch_vectorised` copies the kept tokens into one (E, S, C)
+buffer, S rows for every expert (as many as the busiest one needs), and runs all experts with two
+batched matrix products; `dispatch_grouped` (the default) sorts the kept choices by expert and runs
+each expert on its own rows only, with one grouped matrix product (`F.grouped_mm`), so an imbalanced
+router costs no padding, and nothing waits for a number from the device.
 
 Two auxiliary losses keep routing healthy; both are returned, never stored in a global:
 
@@ -78,7 +81,7 @@ Part 3: today's designs, each one setting of `GPTConfig` on top of the above.
     Qwen2-MoE, OLMoE).
 
 Shapes: N = tokens (B * T), C = n_embd, E = experts, k = top_k, H = hidden width of one expert
-(`GPTConfig.expert_width`), S = buffer rows per expert, G = n_group.
+(`GPTConfig.expert_width`), S = buffer rows per expert (vectorised), M = N * k rows (grouped), G = n_group.
 
 The module reads in the order of a forward pass: routing, experts, dispatch, losses, the layer, and
 the balancing bias that runs after the optimiser's step.
@@ -108,6 +111,8 @@ class Routing:
     slot: torch.Tensor  # (N, k) seat of each choice in its expert's buffer (0, 1, ...)
     kept: torch.Tensor  # (N, k) bool: the choice found a seat (slot < capacity)
     capacity: int  # seats per expert
+    counts: torch.Tensor  # (E,) how many of the N * k choices picked each expert, before capacity
+    by_expert: torch.Tensor  # (k * N,) the choices, choice-major (j * N + t), stably sorted by expert
 
     @property
     def n_expert(self) -> int:
@@ -124,11 +129,19 @@ class Routing:
 
     def expert_counts(self) -> torch.Tensor:
         """(E,) how many of the N * k choices picked each expert, before capacity."""
-        return torch.bincount(self.experts.flatten(), minlength=self.n_expert)
+        return self.counts
 
     def expert_share(self) -> torch.Tensor:
         """(E,) share of the N * k choices that picked each expert, before capacity (sums to 1)."""
         return self.expert_counts().float() / self.experts.numel()
+
+
+def expert_counts(experts: torch.Tensor, n_expert: int) -> torch.Tensor:
+    """(n_expert,) how often each expert id occurs in `experts` (any shape). Unlike `torch.bincount`, whose
+    length depends on the largest id, the length is known before the ids are read: no wait for the device,
+    and one graph under `torch.compile`."""
+    flat = experts.reshape(-1)
+    return torch.zeros(n_expert, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
 
 
 def expert_capacity(n_tokens: int, n_expert: int, top_k: int, factor: float | None) -> int:
@@ -184,14 +197,53 @@ def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str =
     weights = top / top.sum(dim=-1, keepdim=True) if renormalise else top  # (N, k)
     if routed_scaling_factor != 1.0:
         weights = weights * routed_scaling_factor
-    # Seats, first choices first: order the N * k choices choice-major, then count, for each one,
-    # how many earlier choices went to the same expert.
+    # Seats, first choices first: order the N * k choices choice-major; a choice's seat is how many choices
+    # before it in that order picked the same expert. A stable sort by expert lines each expert's choices up
+    # in arrival order, so the seat is the place in that line minus where the expert's line starts.
     order = experts.t().reshape(-1)  # (k * N,): all first choices, then all second choices, ...
-    seen = F.one_hot(order, E).cumsum(dim=0)  # (k * N, E): running count per expert
-    slot = seen.gather(1, order.unsqueeze(1)).squeeze(1) - 1  # (k * N,): 0 for the first to arrive
-    slot = slot.view(top_k, N).t()  # (N, k), back to one row per token
+    by_expert = torch.argsort(order, stable=True)  # (k * N,): choice indices, expert by expert
+    place = torch.empty_like(by_expert).scatter_(0, by_expert, torch.arange(order.numel(), device=order.device))
+    counts = expert_counts(order, E)  # (E,)
+    start = counts.cumsum(0) - counts  # (E,): where each expert's line starts
+    slot = (place - start[order]).view(top_k, N).t()  # (k * N,) -> (N, k): 0 for the first to arrive
     return Routing(logits=logits, probs=probs, experts=experts, weights=weights, slot=slot,
-                   kept=slot < capacity, capacity=capacity)
+                   kept=slot < capacity, capacity=capacity, counts=counts, by_expert=by_expert)
+
+
+# ------------------------------------------------------ grouped products
+def _grouped_matmul(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Rows ends[e-1]:ends[e] of x (M, in) times weight[e] (in, out), for every e: (M, out). ends[-1] = M."""
+    return F.grouped_mm(x, weight, offs=ends)
+
+
+def _grouped_weight_grad(x: torch.Tensor, grad: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """(E, in, out): group e's rows of x (M, in) transposed times its rows of grad (M, out)."""
+    return F.grouped_mm(x.t(), grad, offs=ends)
+
+
+def _grouped_matmul_backward(ctx, grad: torch.Tensor):
+    """d/dx = grad times each group's weight transposed; d/dweight[e] = x_e^T grad_e (rows of group e)."""
+    x, weight, ends = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = grouped_matmul(grad, weight.transpose(1, 2), ends)  # (M, in)
+    return grad_x, grouped_weight_grad(x, grad, ends), None
+
+
+def _grouped_matmul_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+if hasattr(F, "grouped_mm") and hasattr(torch.library, "custom_op"):
+    # Two operators that torch.compile takes whole, their output shapes declared here (`register_fake`):
+    # torch's own shape rule for grouped_mm accepts bfloat16 only, while the CPU kernel also runs float32.
+    grouped_matmul = torch.library.custom_op("nanogpt_lib::grouped_matmul", _grouped_matmul, mutates_args=())
+    grouped_matmul.register_fake(lambda x, weight, ends: x.new_empty(x.shape[0], weight.shape[-1]))
+    grouped_matmul.register_autograd(_grouped_matmul_backward, setup_context=_grouped_matmul_setup)
+    grouped_weight_grad = torch.library.custom_op("nanogpt_lib::grouped_weight_grad", _grouped_weight_grad,
+                                                  mutates_args=())
+    grouped_weight_grad.register_fake(lambda x, grad, ends: x.new_empty(ends.shape[0], x.shape[1], grad.shape[1]))
+else:  # an older torch: `grouped_mm_supported` says False, and the grouped dispatch uses the padded buffer
+    grouped_matmul = grouped_weight_grad = None
 
 
 # ---------------------------------------------------------------- experts
@@ -221,6 +273,11 @@ class BatchedLinear(nn.Module):
         """Expert `expert` alone: (n, in) -> (n, out)."""
         y = x @ self.weight[expert]
         return y if self.bias is None else y + self.bias[expert]
+
+    def grouped(self, x: torch.Tensor, rows: GroupedRows) -> torch.Tensor:
+        """Each expert on its own rows: (M, in) -> (M, out), the rows sorted by expert (see `GroupedRows`)."""
+        y = grouped_matmul(x, self.weight, rows.ends)  # (M, out)
+        return y if self.bias is None else y + self.bias.index_select(0, rows.expert)  # + (M, out)
 
 
 class Experts(nn.Module):
@@ -295,6 +352,11 @@ class Experts(nn.Module):
         fc, proj = self.linears
         return self.dropout(proj.one(expert, self.activate(fc.one(expert, x))))
 
+    def grouped(self, x: torch.Tensor, rows: GroupedRows) -> torch.Tensor:
+        """Each expert on its own rows, sorted by expert: (M, C) -> (M, C)."""
+        fc, proj = self.linears
+        return self.dropout(proj.grouped(self.activate(fc.grouped(x, rows)), rows))
+
     def params_per_expert(self) -> int:
         return sum(p[0].numel() for p in self.parameters())
 
@@ -333,7 +395,57 @@ def dispatch_vectorised(x: torch.Tensor, routing: Routing, experts: Experts) -> 
     return torch.zeros_like(x).index_add_(0, token, (weight * y[expert, slot]).to(x.dtype))  # (N, C)
 
 
-DISPATCH = {"vectorised": dispatch_vectorised, "loop": dispatch_loop}
+@dataclass
+class GroupedRows:
+    """All N * k choices of a batch as rows sorted by expert: expert 0's rows, then expert 1's, ...
+
+    Taken from the stable sort that `route` made for the seats. A dropped choice keeps its row and gets the
+    weight 0: its expert computes it and it adds nothing, value or gradient. So the rows are always
+    M = N * k, whatever the router does: the cost does not grow with its imbalance, no shape depends on
+    the routing (nothing waits for the device; `torch.compile` sees one graph), and a capacity limit
+    changes what is added, not what is computed.
+    """
+
+    token: torch.Tensor  # (M,) the token each row copies
+    expert: torch.Tensor  # (M,) the expert each row goes to
+    weight: torch.Tensor  # (M, 1) its combine weight, 0 for a dropped choice
+    ends: torch.Tensor  # (E,) int32: expert e's rows end at ends[e] (F.grouped_mm's `offs`)
+
+    @classmethod
+    def of(cls, routing: Routing) -> GroupedRows:
+        N = routing.experts.shape[0]
+        chosen = routing.by_expert  # (M,): choice-major indices j * N + t, sorted by expert
+        weight = (routing.weights * routing.kept).t().reshape(-1)  # (M,) choice-major, 0 where dropped
+        return cls(token=chosen % N, expert=routing.experts.t().reshape(-1).index_select(0, chosen),
+                   weight=weight.index_select(0, chosen).unsqueeze(1),
+                   ends=routing.counts.cumsum(0).to(torch.int32))
+
+
+def grouped_mm_supported(x: torch.Tensor, experts: Experts) -> bool:
+    """Whether `F.grouped_mm` can run these experts on `x` with the installed torch: float32, bfloat16 or
+    float16 on the CPU, bfloat16 on CUDA (the documented case), and every row of every matrix a multiple of
+    16 bytes long (the kernels' alignment)."""
+    if grouped_matmul is None:
+        return False
+    allowed = (torch.bfloat16,) if x.device.type == "cuda" else (torch.float32, torch.bfloat16, torch.float16)
+    if x.dtype not in allowed or any(lin.weight.dtype != x.dtype for lin in experts.linears):
+        return False
+    widths = {x.shape[-1], *(w for lin in experts.linears for w in lin.weight.shape[1:])}
+    return all(w * x.element_size() % 16 == 0 for w in widths)
+
+
+def dispatch_grouped(x: torch.Tensor, routing: Routing, experts: Experts) -> torch.Tensor:
+    """Every choice once, its row sorted by expert, each expert on its own rows (`F.grouped_mm`).
+    (N, C) -> (N, C). Where the installed torch cannot (`grouped_mm_supported`), the padded buffer of
+    `dispatch_vectorised`."""
+    if not grouped_mm_supported(x, experts):
+        return dispatch_vectorised(x, routing, experts)
+    rows = GroupedRows.of(routing)
+    y = experts.grouped(x.index_select(0, rows.token), rows)  # (M, C)
+    return torch.zeros_like(x).index_add_(0, rows.token, (rows.weight * y).to(x.dtype))  # (N, C)
+
+
+DISPATCH = {"grouped": dispatch_grouped, "vectorised": dispatch_vectorised, "loop": dispatch_loop}
 
 
 # ----------------------------------------------------------------- losses
@@ -367,7 +479,8 @@ def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: i
         if seq_len is None or seq_len < 1 or N % seq_len:
             raise ValueError(f"seq_len={seq_len!r}: the sequence-wise loss needs the length of the sequences, "
                              f"a divisor of the N={N} tokens")
-        chosen = F.one_hot(routing.experts, E).sum(dim=1).float()  # (N, E): 1 where a token chose the expert
+        # (N, E): 1 where a token chose the expert (scatter, not F.one_hot, which reads the ids back to check them)
+        chosen = routing.probs.new_zeros(N, E).scatter_(1, routing.experts, 1.0)
         f = chosen.view(-1, seq_len, E).mean(dim=1) / routing.top_k  # (B, E) share of each sequence's choices
         P = routing.probs.view(-1, seq_len, E).mean(dim=1)  # (B, E) differentiable
         return E * (f * P).sum(dim=-1).mean()
@@ -385,13 +498,17 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------- layer
 @dataclass
 class LayerStats:
-    """What one MoE layer did on one batch (detached numbers, for logs and plots)."""
+    """What one MoE layer did on one batch: detached tensors on the layer's device, for logs and plots.
+
+    They stay on the device: the forward pass never waits to read them. `MoEOutput.record` reads a
+    whole step's statistics at once, and `float(stats.dropped)` reads one.
+    """
 
     share: torch.Tensor  # (E,) share of choices per expert, before capacity
-    dropped: float  # share of choices over capacity
-    entropy: float  # mean router entropy in nats (ln E: uniform; 0: certain)
-    max_prob: float  # mean probability of the top expert
-    balance_bias: list[float] | None = None  # the balancing bias used for this batch's choices (None: none)
+    dropped: torch.Tensor  # () share of choices over capacity
+    entropy: torch.Tensor  # () mean router entropy in nats (ln E: uniform; 0: certain)
+    max_prob: torch.Tensor  # () mean probability of the top expert
+    balance_bias: torch.Tensor | None = None  # (E,) the balancing bias used for this batch's choices (None: none)
 
 
 @dataclass
@@ -526,9 +643,9 @@ class MoE(nn.Module):
 def layer_stats(routing: Routing, balance_bias: torch.Tensor | None = None) -> LayerStats:
     p = routing.probs
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
-    return LayerStats(share=routing.expert_share().cpu(), dropped=float(routing.dropped_fraction),
-                      entropy=float(entropy), max_prob=float(p.max(dim=-1).values.mean()),
-                      balance_bias=None if balance_bias is None else balance_bias.tolist())
+    return LayerStats(share=routing.expert_share(), dropped=routing.dropped_fraction.detach(), entropy=entropy,
+                      max_prob=p.max(dim=-1).values.mean(),
+                      balance_bias=None if balance_bias is None else balance_bias.clone())
 
 
 @dataclass
@@ -556,18 +673,30 @@ class MoEOutput:
 
     def record(self) -> dict:
         """Plain numbers for a training log: losses, and per layer the shares, drops, entropy (and the
-        balancing bias, under the key "bias" that saved logs use)."""
-        record = {
-            "aux_loss": float(self.aux_loss.detach()),
-            "z_loss": float(self.z_loss.detach()),
-            "share": [s.share.tolist() for s in self.layers],
-            "dropped": [s.dropped for s in self.layers],
-            "entropy": [s.entropy for s in self.layers],
-            "max_prob": [s.max_prob for s in self.layers],
-        }
-        if any(s.balance_bias is not None for s in self.layers):
-            record["bias"] = [s.balance_bias for s in self.layers]
-        return record
+        balancing bias, under the key "bias" that saved logs use). Read from the device in one transfer."""
+        values = {"aux_loss": self.aux_loss, "z_loss": self.z_loss,
+                  "share": [s.share for s in self.layers], "dropped": [s.dropped for s in self.layers],
+                  "entropy": [s.entropy for s in self.layers], "max_prob": [s.max_prob for s in self.layers]}
+        if self.layers and self.layers[0].balance_bias is not None:  # the layers of a model share their config
+            values["bias"] = [s.balance_bias for s in self.layers]
+        return read_at_once(values)
+
+
+def read_at_once(values: dict) -> dict:
+    """`values` (each a tensor or a list of tensors, on one device) as Python numbers: a 0-dim tensor gives a
+    float, any other a list. One transfer from the device, not one per number; float64, so a float32 value
+    reads exactly as `float()` reads it."""
+    tensors = [t for v in values.values() for t in (v if isinstance(v, list) else [v])]
+    dtype = torch.float32 if tensors[0].device.type == "mps" else torch.float64  # MPS has no float64
+    flat = torch.cat([t.detach().to(dtype).reshape(-1) for t in tensors]).tolist()
+    out, at = {}, 0
+    for key, v in values.items():
+        read = []
+        for t in v if isinstance(v, list) else [v]:
+            read.append(flat[at:at + t.numel()] if t.dim() else flat[at])
+            at += t.numel()
+        out[key] = read if isinstance(v, list) else read[0]
+    return out
 
 
 # ---------------------------------------------------------- balancing bias

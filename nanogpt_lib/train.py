@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     moe.add_argument("--router-noise", type=float, default=_P1.router_noise,
                      help="std of the noise on router logits in training")
     moe.add_argument("--moe-dispatch", choices=DISPATCHES, default=_P1.moe_dispatch,
-                     help="vectorised (batched) or loop (one expert at a time; same results, slower)")
+                     help="grouped (rows sorted by expert, F.grouped_mm), vectorised (padded batched buffer) or "
+                          "loop (one expert at a time); the same results")
     modern = p.add_argument_group("today's MoE designs (Part 3; the defaults are Part 2's MoE)")
     modern.add_argument("--expert-type", choices=EXPERT_TYPES, default=_P1.expert_type,
                         help="gelu (GPT-2 MLP), swiglu (gated: Mixtral, Qwen, DeepSeek), clamped_swiglu (gpt-oss)")

@@ -35,7 +35,7 @@ CASES = [(family, {}) for family in FAMILIES] + [
 ]
 
 
-@pytest.mark.parametrize("dispatch", ["loop", "vectorised"])
+@pytest.mark.parametrize("dispatch", ["loop", "vectorised", "grouped"])
 @pytest.mark.parametrize("family, overrides", CASES, ids=lambda v: v if isinstance(v, str) else
                          ",".join(f"{k}={x}" for k, x in v.items()) or "released")
 def test_each_family_converts_to_our_layer_with_the_same_output(family, overrides, dispatch):
