@@ -1,7 +1,7 @@
 """The MoE training step against the dense step it replaces, on real text, after the routers have skewed.
 
     python -m benchmarks.moe_dispatch                     # Machado corpus (NANOGPT_MACHADO_DIR or --corpus-dir)
-    python -m benchmarks.moe_dispatch --train-steps 0     # fresh routers: balanced, the flattering case
+    python -m benchmarks.moe_dispatch --train-steps 0     # untrained routers
     python -m benchmarks.moe_dispatch --compile           # also torch.compile'd steps (inductor)
     python -m benchmarks.moe_dispatch --data DIR          # a corpus prepared by `python -m nanogpt_lib.prepare`
 
@@ -14,7 +14,9 @@ timed interleaved in one process (dense, MoE, MoE, ...; median of `--repeats`): 
 `corpus_train.accumulated_step` on the next batch of the corpus, the step the CLI and the studies run. Each
 MoE is timed with the three dispatches (`moe.DISPATCH`): grouped (the default), vectorised (the padded
 buffer) and loop (the readable reference), after checking that the grouped and loop dispatches give the same
-loss and gradients on the same batch. Targets (issue 21): MoE 8x2 <= 1.10x the dense step, 64x8 <= 1.3x.
+loss and gradients on the same batch (the command stops if they differ by more than 1e-4). A row says when the
+grouped dispatch falls back to the padded buffer (`moe.grouped_mm_supported`: on a GPU it needs a bfloat16
+model on a card with grouped-GEMM kernels). Targets (issue 21): MoE 8x2 <= 1.10x the dense step, 64x8 <= 1.3x.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from nanogpt_lib.moe import (
     GroupedRows,
     MoE,
     grouped_matmul,
+    grouped_mm_supported,
     layer_stats,
     load_balancing_loss,
     mean_imbalance,
@@ -65,6 +68,13 @@ class Batches:
         starts = window_starts(len(self.tokens), self.block_size, BATCH, 0, TRAIN_STREAM, step)
         return [(x.to(self.device), y.to(self.device))
                 for x, y in shard_batches(self.tokens, starts, self.block_size, 1, 1, 0)]
+
+
+def grouped(model: GPT, batches: Batches) -> bool:
+    """Whether the grouped dispatch runs its grouped products for this model here (else the padded buffer)."""
+    layer = next(m for m in model.modules() if isinstance(m, MoE))
+    hidden = torch.zeros(1, model.config.n_embd, device=batches.device, dtype=next(model.parameters()).dtype)
+    return grouped_mm_supported(hidden, layer.experts)
 
 
 def set_dispatch(model: GPT, dispatch: str) -> GPT:
@@ -105,10 +115,10 @@ def same_step(a: GPT, b: GPT, batch: list) -> float:
 def stepper(model: torch.nn.Module, batches: Batches, lr: float, start: int):
     """A function that runs the next training step of `model` (on its own copy of the optimizer)."""
     optimizer = make_optimizer(model, TrainConfig(lr=lr))
-    step = [start]
+    step, log = [start], []
 
-    def run():
-        accumulated_step(model, optimizer, batches(step[0]), grad_clip=1.0)
+    def run():  # as the CLI's loop: each step's routing record is read and kept
+        accumulated_step(model, optimizer, batches(step[0]), grad_clip=1.0, moe_log=log)
         step[0] += 1
     return run
 
@@ -198,11 +208,16 @@ def main(argv=None) -> None:
         for dispatch in dispatches:
             variant = set_dispatch(copy.deepcopy(model), dispatch)
             if dispatch == "loop":
-                print(f"  grouped vs loop, loss and every gradient on one batch: max abs diff "
-                      f"{same_step(set_dispatch(copy.deepcopy(model), 'grouped'), variant, batches(10**6)):.1e}")
+                diff = same_step(set_dispatch(copy.deepcopy(model), "grouped"), variant, batches(10**6))
+                print(f"  grouped vs loop, loss and every gradient on one batch: max abs diff {diff:.1e}")
+                if not diff <= 1e-4:
+                    raise SystemExit(f"{name}: the grouped and loop dispatches differ by {diff:.1e} (> 1e-4)")
             key = name if not config.n_expert else f"{name}|{dispatch}"
             steps[key] = stepper(variant, batches, args.lr, args.train_steps)
-            rows_of[key] = (name, dispatch if config.n_expert else "-", skew, False)
+            label = dispatch if config.n_expert else "-"
+            if dispatch == "grouped" and config.n_expert and not grouped(model, batches):
+                label = "grouped (falls back to the padded buffer here)"
+            rows_of[key] = (name, label, skew, False)
         if args.compile:
             compiled = torch.compile(copy.deepcopy(model))
             run = stepper(compiled, batches, args.lr, args.train_steps)
@@ -230,6 +245,8 @@ def main(argv=None) -> None:
     parts_rows = []
     for name, model in trained_models.items():
         if name == "dense":
+            continue
+        if not grouped(model, batches):
             continue
         parts = layer_parts(set_dispatch(model, "grouped"), trained_models["dense"], x, 3 * args.repeats)
         dense = parts["dense MLP layer"]

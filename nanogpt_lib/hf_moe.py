@@ -20,7 +20,7 @@ every k (even k = 1, where the weight becomes 1), so the converted layer has `no
 Qwen3-MoE, Qwen2-MoE and OLMoE carry their own `norm_topk_prob`. gpt-oss's softmax over the k chosen
 logits equals the full softmax renormalised over the k (the normaliser cancels), so it converts to
 `norm_topk_prob=True` with a router bias. Every converter returns an eval-mode layer without capacity
-limit; `dispatch` picks the loop or the vectorised one (the same numbers).
+limit; `dispatch` picks the loop, vectorised or grouped one (the same numbers).
 
 Names: `transformers`' `hidden_size` is our `n_embd` (the residual width); its `moe_intermediate_size`
 (or `intermediate_size` in an MoE model's experts) is our `expert_width`.

@@ -31,9 +31,10 @@ expert uses (at most `capacity`): the drops are those of a fixed buffer, the mem
 Three dispatch implementations compute the same thing. `dispatch_loop` takes the experts one at a
 time (easy to read: the reference); `dispatch_vectorised` copies the kept tokens into one (E, S, C)
 buffer, S rows for every expert (as many as the busiest one needs), and runs all experts with two
-batched matrix products; `dispatch_grouped` (the default) sorts the kept choices by expert and runs
+batched matrix products; `dispatch_grouped` (the default) sorts every choice by expert and runs
 each expert on its own rows only, with one grouped matrix product (`F.grouped_mm`), so an imbalanced
-router costs no padding, and nothing waits for a number from the device.
+router costs no padding, and nothing waits for a number from the device (on a CPU, or a bfloat16 model on
+a GPU with grouped-GEMM kernels; elsewhere it falls back to the padded buffer: `grouped_mm_supported`).
 
 Two auxiliary losses keep routing healthy; both are returned, never stored in a global:
 
@@ -226,7 +227,10 @@ def _grouped_matmul_backward(ctx, grad: torch.Tensor):
     x, weight, ends = ctx.saved_tensors
     grad = grad.contiguous()
     grad_x = grouped_matmul(grad, weight.transpose(1, 2), ends)  # (M, in)
-    return grad_x, grouped_weight_grad(x, grad, ends), None
+    # an expert with no rows gets exactly zero (some CUDA kernels have left garbage there: pytorch#172439)
+    empty = torch.diff(ends, prepend=ends.new_zeros(1)) == 0  # (E,)
+    grad_weight = grouped_weight_grad(x, grad, ends).masked_fill(empty[:, None, None], 0.0)  # (E, in, out)
+    return grad_x, grad_weight, None
 
 
 def _grouped_matmul_setup(ctx, inputs, output) -> None:
@@ -399,8 +403,9 @@ def dispatch_vectorised(x: torch.Tensor, routing: Routing, experts: Experts) -> 
 class GroupedRows:
     """All N * k choices of a batch as rows sorted by expert: expert 0's rows, then expert 1's, ...
 
-    Taken from the stable sort that `route` made for the seats. A dropped choice keeps its row and gets the
-    weight 0: its expert computes it and it adds nothing, value or gradient. So the rows are always
+    Taken from the stable sort that `route` made for the seats. A dropped choice keeps its row, which is
+    masked out when the rows are added back: its expert computes it and it adds nothing, value or gradient
+    (even where it overflowed: a mask, not a multiplication by 0). So the rows are always
     M = N * k, whatever the router does: the cost does not grow with its imbalance, no shape depends on
     the routing (nothing waits for the device; `torch.compile` sees one graph), and a capacity limit
     changes what is added, not what is computed.
@@ -408,26 +413,36 @@ class GroupedRows:
 
     token: torch.Tensor  # (M,) the token each row copies
     expert: torch.Tensor  # (M,) the expert each row goes to
-    weight: torch.Tensor  # (M, 1) its combine weight, 0 for a dropped choice
+    weight: torch.Tensor  # (M, 1) its combine weight
+    kept: torch.Tensor  # (M, 1) bool: False for a choice dropped by capacity
     ends: torch.Tensor  # (E,) int32: expert e's rows end at ends[e] (F.grouped_mm's `offs`)
 
     @classmethod
     def of(cls, routing: Routing) -> GroupedRows:
         N = routing.experts.shape[0]
         chosen = routing.by_expert  # (M,): choice-major indices j * N + t, sorted by expert
-        weight = (routing.weights * routing.kept).t().reshape(-1)  # (M,) choice-major, 0 where dropped
-        return cls(token=chosen % N, expert=routing.experts.t().reshape(-1).index_select(0, chosen),
-                   weight=weight.index_select(0, chosen).unsqueeze(1),
-                   ends=routing.counts.cumsum(0).to(torch.int32))
+
+        def rows(per_choice: torch.Tensor) -> torch.Tensor:  # (N, k) -> (M,), in the sorted order
+            return per_choice.t().reshape(-1).index_select(0, chosen)
+
+        return cls(token=chosen % N, expert=rows(routing.experts), weight=rows(routing.weights).unsqueeze(1),
+                   kept=rows(routing.kept).unsqueeze(1), ends=routing.counts.cumsum(0).to(torch.int32))
 
 
 def grouped_mm_supported(x: torch.Tensor, experts: Experts) -> bool:
-    """Whether `F.grouped_mm` can run these experts on `x` with the installed torch: float32, bfloat16 or
-    float16 on the CPU, bfloat16 on CUDA (the documented case), and every row of every matrix a multiple of
-    16 bytes long (the kernels' alignment)."""
+    """Whether `F.grouped_mm` runs these experts on `x` without waiting for the device: float32, bfloat16
+    or float16 on the CPU; on CUDA a bfloat16 model on a GPU with grouped-GEMM kernels (compute capability
+    9 or 10: H100, H200, B200), since elsewhere torch's fallback copies the group ends to the host; and
+    every row of every matrix a multiple of 16 bytes long (the kernels' alignment). A float32 model on a
+    GPU therefore uses the padded buffer: train it in bfloat16 to get the grouped path."""
     if grouped_matmul is None:
         return False
-    allowed = (torch.bfloat16,) if x.device.type == "cuda" else (torch.float32, torch.bfloat16, torch.float16)
+    if x.device.type == "cpu":
+        allowed = (torch.float32, torch.bfloat16, torch.float16)
+    elif x.device.type == "cuda" and torch.version.cuda and torch.cuda.get_device_capability(x.device)[0] in (9, 10):
+        allowed = (torch.bfloat16,)
+    else:
+        return False
     if x.dtype not in allowed or any(lin.weight.dtype != x.dtype for lin in experts.linears):
         return False
     widths = {x.shape[-1], *(w for lin in experts.linears for w in lin.weight.shape[1:])}
@@ -442,7 +457,8 @@ def dispatch_grouped(x: torch.Tensor, routing: Routing, experts: Experts) -> tor
         return dispatch_vectorised(x, routing, experts)
     rows = GroupedRows.of(routing)
     y = experts.grouped(x.index_select(0, rows.token), rows)  # (M, C)
-    return torch.zeros_like(x).index_add_(0, rows.token, (rows.weight * y).to(x.dtype))  # (N, C)
+    added = torch.where(rows.kept, rows.weight * y, 0.0)  # (M, C): dropped rows add exactly nothing
+    return torch.zeros_like(x).index_add_(0, rows.token, added.to(x.dtype))  # (N, C)
 
 
 DISPATCH = {"grouped": dispatch_grouped, "vectorised": dispatch_vectorised, "loop": dispatch_loop}

@@ -2,6 +2,7 @@
 reference, no wait for the device inside an MoE layer's training forward and backward, and one graph under
 torch.compile."""
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -15,6 +16,7 @@ from nanogpt_lib.moe import (
     MoE,
     MoEOutput,
     dispatch_grouped,
+    dispatch_loop,
     expert_counts,
     grouped_matmul,
     grouped_mm_supported,
@@ -100,21 +102,39 @@ def test_where_grouped_products_cannot_run_the_padded_buffer_is_used():
     routing = layer.route(x)
     reference = MoE(moe_config(moe_dispatch="loop")).double()
     reference.load_state_dict(layer.state_dict())
-    from nanogpt_lib.moe import dispatch_loop
     torch.testing.assert_close(dispatch_grouped(x, routing, layer.experts), dispatch_loop(x, routing, layer.experts))
 
 
-def test_grouped_rows_hold_every_choice_sorted_by_expert_the_dropped_ones_at_weight_zero():
+def test_grouped_rows_hold_every_choice_sorted_by_expert_the_dropped_ones_marked():
     torch.manual_seed(4)
     routing = route(torch.randn(40, 4), 2, capacity=12)
     rows = GroupedRows.of(routing)
     assert rows.token.shape == (80,) and torch.equal(rows.expert, torch.sort(rows.expert, stable=True).values)
     assert rows.ends.tolist() == torch.cumsum(torch.bincount(routing.experts.flatten(), minlength=4), 0).tolist()
-    pairs = sorted(zip(rows.token.tolist(), rows.expert.tolist(), rows.weight.squeeze(1).tolist(), strict=True))
-    want = sorted((t, int(routing.experts[t, j]), float(routing.weights[t, j]) if routing.kept[t, j] else 0.0)
+    got = sorted(zip(rows.token.tolist(), rows.expert.tolist(), rows.weight.squeeze(1).tolist(),
+                     rows.kept.squeeze(1).tolist(), strict=True))
+    want = sorted((t, int(routing.experts[t, j]), float(routing.weights[t, j]), bool(routing.kept[t, j]))
                   for t in range(40) for j in range(2))
-    assert pairs == want
-    assert int((rows.weight == 0).sum()) == int((~routing.kept).sum()) > 0  # the drops are covered
+    assert got == want
+    assert int((~rows.kept).sum()) == int((~routing.kept).sum()) > 0  # the drops are covered
+
+
+def test_a_dropped_row_adds_nothing_even_where_its_expert_overflows():
+    """The grouped dispatch computes dropped choices too; a float16 token that overflows in its expert must still
+    add exactly nothing (a mask: 0 * inf would be NaN), as in the loop, which never computes it."""
+    torch.manual_seed(10)
+    layer = MoE(moe_config(n_expert=4)).to(torch.float16)
+    x = torch.randn(8, 16, dtype=torch.float16)
+    x[7] = 3e4
+    with torch.no_grad():
+        layer.experts.c_fc.weight.mul_(50)  # token 7's hidden layer overflows float16
+    logits = torch.tensor([[4.0, 3.0, 0.0, 0.0]], dtype=torch.float16).repeat(8, 1)  # expert 0, then expert 1
+    routing = route(logits, 2, capacity=2)  # tokens 2..7 lose both choices
+    assert not routing.kept[2:].any()
+    assert not torch.isfinite(layer.experts.one(0, x[7:])).all()  # computed, the row is not finite
+    y = dispatch_grouped(x, routing, layer.experts)
+    assert torch.equal(y[2:], torch.zeros_like(y[2:]))
+    torch.testing.assert_close(y, dispatch_loop(x, routing, layer.experts))
 
 
 def test_seats_are_the_running_count_per_expert_first_choices_first():
@@ -156,12 +176,39 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def syncs_of_a_training_pass(config: GPTConfig) -> list[str]:
+# Copies to the host (tolist, cpu, numpy) never reach the dispatcher for a CPU tensor: the pass counts their calls.
+HOST_COPIES = ("tolist", "cpu", "numpy", "__array__")
+
+
+@contextlib.contextmanager
+def counting_syncs():
+    counter = SyncCounter()
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_COPIES}
+
+    def counted(name):
+        def call(self, *args, **kwargs):
+            counter.calls.append(name)
+            return originals[name](self, *args, **kwargs)
+        return call
+
+    for name in HOST_COPIES:
+        setattr(torch.Tensor, name, counted(name))
+    try:
+        with counter:
+            yield counter
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def syncs_of_a_training_pass(config: GPTConfig, backward_hook=None) -> list[str]:
     torch.manual_seed(6)
     layer = MoE(config).train()
     x = torch.randn(4, 16, config.n_embd, requires_grad=True)
-    with SyncCounter() as counter:
+    with counting_syncs() as counter:
         y, out = layer(x)
+        if backward_hook is not None:
+            y.register_hook(backward_hook)
         (y.square().mean() + out.aux_loss + out.z_loss).backward()
     return counter.calls
 
@@ -181,6 +228,15 @@ def test_the_counter_sees_the_padded_dispatch_wait():
     reference selects its tokens with a boolean mask."""
     assert "_local_scalar_dense" in syncs_of_a_training_pass(moe_config(moe_dispatch="vectorised"))
     assert syncs_of_a_training_pass(moe_config(moe_dispatch="loop"))
+
+
+@pytest.mark.parametrize("wait", [lambda g: g.sum().item(), lambda g: g.tolist(), lambda g: g.cpu()],
+                         ids=["item", "tolist", "cpu"])
+def test_the_counter_sees_a_wait_in_the_backward_pass(wait):
+    def hook(grad):
+        wait(grad)
+        return grad
+    assert syncs_of_a_training_pass(moe_config(), backward_hook=hook)
 
 
 def test_a_step_reads_its_routing_statistics_in_one_transfer(monkeypatch):
