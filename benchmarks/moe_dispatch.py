@@ -88,10 +88,9 @@ def trained(config, batches: Batches, steps: int, lr: float, device: torch.devic
     """The model after `steps` steps of the corpus loop, and its imbalance per layer over the last 10 steps."""
     torch.manual_seed(0)
     model = GPT(config).to(device)
-    optimizer = make_optimizer(model, TrainConfig(lr=lr))
-    log: list = []
-    for step in range(steps):
-        accumulated_step(model, optimizer, batches(step), grad_clip=1.0, moe_log=log)
+    run, log = stepper(model, batches, lr, 0)
+    for _ in range(steps):
+        run()
     return model, (mean_imbalance(log[-10:]) if log else [])
 
 
@@ -113,14 +112,15 @@ def same_step(a: GPT, b: GPT, batch: list) -> float:
 
 
 def stepper(model: torch.nn.Module, batches: Batches, lr: float, start: int):
-    """A function that runs the next training step of `model` (on its own copy of the optimizer)."""
+    """A function that runs the next training step of `model` (with an optimizer of its own), and the list
+    where it appends each step's routing record, as the CLI's loop does."""
     optimizer = make_optimizer(model, TrainConfig(lr=lr))
     step, log = [start], []
 
-    def run():  # as the CLI's loop: each step's routing record is read and kept
+    def run():
         accumulated_step(model, optimizer, batches(step[0]), grad_clip=1.0, moe_log=log)
         step[0] += 1
-    return run
+    return run, log
 
 
 def hidden_state(model: GPT, x: torch.Tensor, layer: int) -> torch.Tensor:
@@ -213,14 +213,14 @@ def main(argv=None) -> None:
                 if not diff <= 1e-4:
                     raise SystemExit(f"{name}: the grouped and loop dispatches differ by {diff:.1e} (> 1e-4)")
             key = name if not config.n_expert else f"{name}|{dispatch}"
-            steps[key] = stepper(variant, batches, args.lr, args.train_steps)
+            steps[key] = stepper(variant, batches, args.lr, args.train_steps)[0]
             label = dispatch if config.n_expert else "-"
             if dispatch == "grouped" and config.n_expert and not grouped(model, batches):
                 label = "grouped (falls back to the padded buffer here)"
             rows_of[key] = (name, label, skew, False)
         if args.compile:
             compiled = torch.compile(copy.deepcopy(model))
-            run = stepper(compiled, batches, args.lr, args.train_steps)
+            run = stepper(compiled, batches, args.lr, args.train_steps)[0]
             start = time.perf_counter()
             run()
             key = f"{name}|compiled"
