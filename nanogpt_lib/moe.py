@@ -32,7 +32,7 @@ Three dispatch implementations compute the same thing. `dispatch_loop` takes the
 time (easy to read: the reference); `dispatch_vectorised` copies the kept tokens into one (E, S, C)
 buffer, S rows for every expert (as many as the busiest one needs), and runs all experts with two
 batched matrix products; `dispatch_grouped` (the default) sorts every choice by expert and runs
-each expert on its own rows only, with one grouped matrix product (`F.grouped_mm`), so an imbalanced
+each expert on its own rows only, with grouped matrix products (`F.grouped_mm`), so an imbalanced
 router costs no padding, and nothing waits for a number from the device (on a CPU, or a bfloat16 model on
 a GPU with grouped-GEMM kernels; elsewhere it falls back to the padded buffer: `grouped_mm_supported`).
 
@@ -199,8 +199,9 @@ def route(logits: torch.Tensor, top_k: int, capacity: int, *, router_type: str =
     if routed_scaling_factor != 1.0:
         weights = weights * routed_scaling_factor
     # Seats, first choices first: order the N * k choices choice-major; a choice's seat is how many choices
-    # before it in that order picked the same expert. A stable sort by expert lines each expert's choices up
-    # in arrival order, so the seat is the place in that line minus where the expert's line starts.
+    # before it in that order picked the same expert. A stable sort by expert lines the choices up expert
+    # after expert, each expert's in arrival order, so a seat is its place in that whole order minus where
+    # its expert's line starts.
     order = experts.t().reshape(-1)  # (k * N,): all first choices, then all second choices, ...
     by_expert = torch.argsort(order, stable=True)  # (k * N,): choice indices, expert by expert
     place = torch.empty_like(by_expert).scatter_(0, by_expert, torch.arange(order.numel(), device=order.device))
@@ -741,7 +742,7 @@ def simulate_bias_balancing(scores: torch.Tensor, top_k: int, rate: float, steps
     history = []
     for _ in range(steps + 1):
         experts = torch.topk(scores + balance_bias, top_k, dim=-1).indices  # (N, k)
-        load = torch.bincount(experts.flatten(), minlength=scores.shape[1]).float()  # (E,)
+        load = expert_counts(experts, scores.shape[1]).float()  # (E,)
         history.append(imbalance(load / load.sum()))
         balance_bias += balance_bias_step(load, rate)
     return history
