@@ -11,7 +11,7 @@ as the dense MLP (C -> 4C -> C): 8 experts of half width top-2, with no capacity
 `--train-steps` steps on the corpus, the router learning to prefer some experts as it does in the study, and
 its imbalance (busiest expert's share over the fair share, mean over layers) is printed. Then the steps are
 timed interleaved in one process (dense, MoE, MoE, ...; median of `--repeats`): each call is
-`corpus_train.accumulated_step` on the next batch of the corpus, the step the CLI and the studies run. Each
+`training.train_step` on the next batch of the corpus, the step the CLI and the studies run. Each
 MoE is timed with the three dispatches (`moe.DISPATCH`): grouped (the default), vectorised (the padded
 buffer) and loop (the readable reference), after checking that the grouped and loop dispatches give the same
 loss and gradients on the same batch (the command stops if they differ by more than 1e-4). A row says when the
@@ -28,7 +28,6 @@ import time
 import torch
 
 from nanogpt_lib import GPT, TrainConfig, load_tokenizer, make_optimizer
-from nanogpt_lib.corpus_train import accumulated_step
 from nanogpt_lib.experiments import part1_size, study_moe
 from nanogpt_lib.moe import (
     GroupedRows,
@@ -43,6 +42,7 @@ from nanogpt_lib.moe import (
 from nanogpt_lib.prepare import prepare_named
 from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
 from nanogpt_lib.tokens import TRAIN_STREAM, open_tokens, shard_batches, window_starts
+from nanogpt_lib.training import objective, train_step
 
 from .common import interleaved, machine, table
 
@@ -102,7 +102,7 @@ def same_step(a: GPT, b: GPT, batch: list) -> float:
         model.zero_grad(set_to_none=True)
         x, y = batch[0]
         _, loss, moe = model(x, targets=y, with_moe=True)
-        (loss + moe.penalty).backward()
+        objective(loss, moe).backward()
         grads.append([loss.detach()] + [p.grad for p in model.parameters()])
     for g, h in zip(*grads, strict=True):
         worst = max(worst, float((g - h).abs().max()))
@@ -118,7 +118,7 @@ def stepper(model: torch.nn.Module, batches: Batches, lr: float, start: int):
     step, log = [start], []
 
     def run():
-        accumulated_step(model, optimizer, batches(step[0]), grad_clip=1.0, moe_log=log)
+        train_step(model, optimizer, batches(step[0]), log, grad_clip=1.0)
         step[0] += 1
     return run, log
 

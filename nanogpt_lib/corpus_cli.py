@@ -58,6 +58,9 @@ _OPTIONS = {
     "--stop-after": (int, "stop after this step (evaluated and saved there); the schedule still spans --steps, "
                           "so --resume (or --upcycle-from) continues it"),
     "--plot": (Path, "save the loss curves to this PNG at the end"),
+    "--expert-parallel": (int, "spread each MoE layer's experts over groups of N processes, tokens sent to them "
+                               "with all-to-all (N divides the processes and --n-expert; default 1: every "
+                               "process holds every expert)"),
     "--dist-timeout": (float, "seconds a process waits for the others before the run fails (default 300)"),
     "--upcycle-from": (Path, "start the MoE (--n-expert, --top-k, ...) from this dense corpus checkpoint: each "
                              "expert a copy of its block's MLP, the run continuing from the checkpoint's step"),
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace, device: torch.device) -> CorpusRun:
         raise ValueError(f"{', '.join(details)}: upcycling option(s), which need --upcycle-from DENSE_CHECKPOINT")
     config = corpus_config(args)
     train_config = TrainConfig(epochs=config.steps, lr=args.lr, weight_decay=args.weight_decay,
-                               betas=(args.beta1, args.beta2), seed=args.seed)
+                               betas=(args.beta1, args.beta2), seed=args.seed, balance_scope=args.balance_scope)
     timeout = getattr(args, "dist_timeout", 300.0)
     if not 0 < timeout < math.inf:
         raise ValueError(f"--dist-timeout {timeout} is not allowed: it must be a finite number of seconds > 0")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,10 +28,11 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_check
 from .config import SHAPE_FIELDS
 from .distributed import DistContext, mean_over_ranks, unwrap, wrap
 from .evaluation import eval_mode
-from .moe import update_expert_biases
+from .expert_parallel import expert_group, gathered_state_dicts, shard_experts
+from .model import GPT
 from .schedule import CosineSchedule, set_lr
 from .tokens import TRAIN_EVAL_STREAM, TRAIN_STREAM, VAL_STREAM, TokenData, shard_batches, window_starts
-from .training import History, TrainConfig, check_finite, make_optimizer
+from .training import History, TrainConfig, check_finite, make_optimizer, train_step
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
 _DROPOUT_STREAM = 3
@@ -48,9 +48,10 @@ class CorpusConfig:
     warmup_steps: int | None = None  # linear warm-up, then cosine decay; None: steps // 10, at most 100
     min_lr: float | None = None  # None: a tenth of TrainConfig.lr
     grad_clip: float | None = 1.0  # max global gradient norm; None or 0: no clipping
+    expert_parallel: int = 1  # processes an MoE layer's experts are spread over (`expert_parallel.py`)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches"):
+        for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "expert_parallel"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CorpusConfig.{name}={value!r} is not allowed: it must be an integer >= 1")
@@ -100,34 +101,6 @@ EvalCallback = Callable[[dict, History], None]
 
 
 # --------------------------------------------------------------------- steps
-def accumulated_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch],
-                     grad_clip: float | None, moe_log: list | None = None) -> float:
-    """One optimisation step over several micro-batches; returns this rank's mean cross-entropy.
-
-    Each micro-batch's loss is divided by their number so the gradients add up to the mean. Under
-    DDP, gradients are all-reduced only in the last micro-step's backward (`no_sync` before).
-    MoE models add their penalty to the loss they differentiate; with `moe_log`, the last
-    micro-batch's routing record (this rank's) is appended to it.
-    """
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for i, (x, y) in enumerate(batches):
-        last = i == len(batches) - 1
-        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            _, loss, moe = model(x, targets=y, with_moe=True)
-            ((loss + moe.penalty) / len(batches)).backward()
-        total += loss.item() / len(batches)
-    if moe_log is not None and moe.layers:
-        moe_log.append(moe.record())
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    update_expert_biases(model)  # auxiliary-loss-free balancing, if a layer uses it
-    return total
-
-
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The torch seed for dropout at (step, rank): a pure function, so resuming needs no RNG state."""
     return int(np.random.SeedSequence([seed % 2**64, _DROPOUT_STREAM, step, rank]).generate_state(1)[0])
@@ -201,6 +174,10 @@ def train_corpus(
     if isinstance(end, bool) or not isinstance(end, int) or not start < end <= config.steps:
         raise ValueError(f"stopping after step {until!r} (until, --stop-after) is not allowed: it must be a step "
                          f"in ({start}, {config.steps}], after the start and at most --steps")
+    # expert parallelism: keep this process's experts (weights and AdamW moments) before DDP wraps the rest
+    group = expert_group(config.expert_parallel, ctx.world_size, ctx.rank)
+    if group.size > 1:
+        shard_experts(model, group, optimizer)
     ddp = wrap(model, ctx)
     seed = train_config.seed
 
@@ -210,10 +187,12 @@ def train_corpus(
             check_finite(value, f"step {step} ({name} evaluation)", train_config)
         record = {"step": step, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
         history.evals.append(record)
-        if checkpoint is not None and ctx.is_main:
+        if checkpoint is not None:
+            whole = whole_model(model, optimizer, train_config)  # every process: the experts are gathered
             state = {"step": step, "corpus_config": config.to_dict(), "data_fingerprint": data.meta.fingerprint,
                      "world_size": ctx.world_size}
-            save_checkpoint(checkpoint, model, optimizer, history, tokenizer_name, train_config, train_state=state)
+            if ctx.is_main:
+                save_checkpoint(checkpoint, *whole, history, tokenizer_name, train_config, train_state=state)
         if on_eval is not None:
             on_eval(record, history)
 
@@ -230,7 +209,8 @@ def train_corpus(
                    shard_batches(data.train, starts, block, config.grad_accum, ctx.world_size, ctx.rank)]
         torch.manual_seed(step_seed(seed, step, ctx.rank))
         began = time.perf_counter()
-        loss = mean_over_ranks(accumulated_step(ddp, optimizer, batches, config.grad_clip, history.moe), ctx)
+        loss = mean_over_ranks(train_step(ddp, optimizer, batches, history.moe, grad_clip=config.grad_clip,
+                                          balance_scope=train_config.balance_scope), ctx)
         seconds += time.perf_counter() - began
         check_finite(loss, f"step {step}", train_config)
         history.epoch.append(step)
@@ -244,11 +224,26 @@ def train_corpus(
     return CorpusRun(history=history, tokens_per_s=rate, train_seconds=seconds)
 
 
+def whole_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                train_config: TrainConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model and optimizer a checkpoint holds: these ones, or under expert parallelism a copy with
+    every expert gathered from the processes that hold them (collective: every process calls it)."""
+    if not any(getattr(m, "expert_group", None) is not None for m in model.modules()):
+        return model, optimizer
+    state, opt_state = gathered_state_dicts(model, optimizer)
+    with torch.random.fork_rng():  # a model built only to be filled: the run's random stream stays as it was
+        whole = GPT(model.config).to(next(model.parameters()).device)
+    whole.load_state_dict(state)
+    whole_optimizer = make_optimizer(whole, train_config)
+    whole_optimizer.load_state_dict(opt_state)
+    return whole, whole_optimizer
+
+
 # settings that decide which windows each step and each evaluation reads: fixed for a resume
 # (--steps and --warmup-steps may change: they reshape the learning-rate schedule from there on)
 _FIXED_ON_RESUME = ("batch_size", "grad_accum", "eval_batches", "min_lr", "grad_clip")
 # and the optimiser's settings: another value would break "the same losses as an uninterrupted run"
-_FIXED_TRAIN_ON_RESUME = ("seed", "lr", "weight_decay", "betas")
+_FIXED_TRAIN_ON_RESUME = ("seed", "lr", "weight_decay", "betas", "balance_scope")
 
 
 def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .expert_parallel import sharded_parameters
+
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -86,7 +88,11 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     # with the loop dispatch an expert that no token chose this step gets no gradient: DDP must expect it
     # (the grouped and vectorised dispatches use every expert's weight tensors, so every parameter takes part)
     config = getattr(model, "config", None)
-    moe = getattr(config, "n_expert", 0) > 0 and getattr(config, "moe_dispatch", "") == "loop"
+    sharded = sharded_parameters(model)
+    moe = getattr(config, "n_expert", 0) > 0 and getattr(config, "moe_dispatch", "") == "loop" and not sharded
+    # experts spread over the processes (expert parallelism) differ from rank to rank: DDP neither
+    # broadcasts nor averages them (`expert_parallel.reduce_expert_grads` does their part)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(sharded))
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                    find_unused_parameters=moe)
 

@@ -84,11 +84,12 @@ class Block(nn.Module):
         self.mlp = MoE(config) if config.is_moe_layer(layer) else MLP(config)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, moe_out: list | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, moe_out: list | None = None,
+        balance_counts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)  # (B, T, C)
-        if isinstance(self.mlp, MoE):
-            y, out = self.mlp(self.ln_2(x), collect=moe_out is not None)  # (B, T, C), the layer's losses
+        if isinstance(self.mlp, MoE):  # (B, T, C), the layer's losses
+            y, out = self.mlp(self.ln_2(x), collect=moe_out is not None, balance_counts=balance_counts)
             if moe_out is not None:
                 moe_out.append(out)
             return x + y
@@ -133,7 +134,8 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, with_moe: bool = False
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, with_moe: bool = False,
+        balance_counts: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor | None, MoEOutput]:
         """Logits for every position, (B, T, V), and the mean cross-entropy when targets are given.
 
@@ -141,7 +143,9 @@ class GPT(nn.Module):
         Any integer dtype is accepted (uint16 token files included) and used as int64.
         The loss is cross-entropy only. With `with_moe=True` a third value, an `MoEOutput`, carries
         the MoE layers' auxiliary losses (and `penalty`, what training adds to the loss) and their
-        routing statistics; a dense model returns zeros there.
+        routing statistics; a dense model returns zeros there. `balance_counts`, one (E,) tensor per MoE
+        layer, replaces the batch's own expert counts in the load-balancing loss (the global batch's
+        counts: `training.global_balance_counts`).
         """
         idx = self._checked_idx(idx)
         if idx.shape[1] > self.config.block_size:
@@ -152,7 +156,7 @@ class GPT(nn.Module):
         if targets is not None:
             targets = self._checked_targets(targets, idx.shape)
         moe_out: list[MoELayerOutput] | None = [] if with_moe else None  # losses and stats only when asked
-        logits = self._logits(idx, moe_out=moe_out)  # (B, T, V)
+        logits = self._logits(idx, moe_out=moe_out, balance_counts=balance_counts)  # (B, T, V)
         loss = None
         if targets is not None:
             B, T, V = logits.shape
@@ -162,7 +166,8 @@ class GPT(nn.Module):
         return logits, loss
 
     def _logits(
-        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False, moe_out: list | None = None
+        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False, moe_out: list | None = None,
+        balance_counts: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The network itself, on ids already checked: (B, T) -> (B, T, V). With a cache, idx holds
         only the new tokens, placed after the cache.length tokens already in it. With `last_only`,
@@ -172,8 +177,10 @@ class GPT(nn.Module):
         pos_emb = self.transformer.wpe.weight[start : start + T]  # (T, C): rows start .. start+T-1
         x = self.transformer.wte(idx) + pos_emb  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
+        counts = iter(balance_counts or ())  # one per MoE layer, in order
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, moe_out)  # (B, T, C)
+            mine = next(counts) if balance_counts is not None and isinstance(block.mlp, MoE) else None
+            x = block(x, cache, i, moe_out, mine)  # (B, T, C)
         if cache is not None:
             cache.advance(T)
         if last_only:

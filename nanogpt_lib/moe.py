@@ -414,8 +414,8 @@ class GroupedRows:
 
     token: torch.Tensor  # (M,) the token each row copies
     expert: torch.Tensor  # (M,) the expert each row goes to
-    weight: torch.Tensor  # (M, 1) its combine weight
-    kept: torch.Tensor  # (M, 1) bool: False for a choice dropped by capacity
+    weight: torch.Tensor | None  # (M, 1) its combine weight (None where the rows are not combined here)
+    kept: torch.Tensor | None  # (M, 1) bool: False for a choice dropped by capacity (None: idem)
     ends: torch.Tensor  # (E,) int32: expert e's rows end at ends[e] (F.grouped_mm's `offs`)
 
     @classmethod
@@ -469,7 +469,8 @@ DISPATCH = {"grouped": dispatch_grouped, "vectorised": dispatch_vectorised, "loo
 LOSS_CONVENTIONS = AUX_LOSS_TYPES  # the old name
 
 
-def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: int | None = None) -> torch.Tensor:
+def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: int | None = None,
+                        counts: torch.Tensor | None = None) -> torch.Tensor:
     """The balancing loss of `routing`, in one of four conventions (GPTConfig.aux_loss_type):
 
     "switch"    Switch Transformer's E * sum_i f_i * P_i, f_i the share of the N * k choices that
@@ -486,12 +487,19 @@ def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: i
                 crowds a few experts even when the batch as a whole is balanced.
 
     Only P carries gradient. The N tokens are the B sequences one after the other (B * T, as the
-    layer flattens them).
+    layer flattens them). `counts` (E,), when given, are the choices per expert that f is computed
+    from instead of this batch's own: those of the global batch (every micro-batch of an optimisation
+    step, on every process), while P stays this batch's. Averaged over equal micro-batches, the losses
+    then add up to the global batch's E * sum_i f_i * P_i (Qwen's "global-batch" balancing). The
+    sequence-wise loss has no global form: its f is each sequence's own.
     """
     if convention not in AUX_LOSS_TYPES:
         raise ValueError(f"convention={convention!r} is not known; choose one of {AUX_LOSS_TYPES}")
     E = routing.n_expert
     if convention == "sequence":
+        if counts is not None:
+            raise ValueError("counts (global-batch balancing) do not apply to the sequence-wise loss, whose f is "
+                             "each sequence's own; use balance_scope='micro_batch' with aux_loss_type='sequence'")
         N = routing.probs.shape[0]
         if seq_len is None or seq_len < 1 or N % seq_len:
             raise ValueError(f"seq_len={seq_len!r}: the sequence-wise loss needs the length of the sequences, "
@@ -501,7 +509,10 @@ def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: i
         f = chosen.view(-1, seq_len, E).mean(dim=1) / routing.top_k  # (B, E) share of each sequence's choices
         P = routing.probs.view(-1, seq_len, E).mean(dim=1)  # (B, E) differentiable
         return E * (f * P).sum(dim=-1).mean()
-    f = routing.expert_share()  # (E,) counts: no gradient
+    if counts is None:
+        f = routing.expert_share()  # (E,) this batch's shares: no gradient
+    else:
+        f = counts.to(routing.probs.dtype) / counts.sum()  # (E,) the global batch's shares
     P = routing.probs.mean(dim=0)  # (E,) differentiable
     loss = E * torch.sum(f * P)
     return loss if convention == "switch" else loss * routing.top_k
@@ -526,6 +537,7 @@ class LayerStats:
     entropy: torch.Tensor  # () mean router entropy in nats (ln E: uniform; 0: certain)
     max_prob: torch.Tensor  # () mean probability of the top expert
     balance_bias: torch.Tensor | None = None  # (E,) the balancing bias used for this batch's choices (None: none)
+    counts: torch.Tensor | None = None  # (E,) choices per expert, before capacity (integers)
 
 
 @dataclass
@@ -578,19 +590,27 @@ class MoE(nn.Module):
         # (E,) choices per expert since the last update. A plain attribute, not a buffer: DDP would
         # overwrite every rank's count with rank 0's at each forward.
         self.load: torch.Tensor | None = None
+        # with expert parallelism (`expert_parallel.shard_experts`), this process holds E/n experts and
+        # sends tokens to the others through this group; None: every expert is here
+        self.expert_group = None
 
     @property
     def balance_bias(self) -> torch.Tensor | None:
         """(E,) the auxiliary-loss-free balancing bias (stored as the buffer `expert_bias`), or None."""
         return self.expert_bias
 
-    def forward(self, x: torch.Tensor, collect: bool = True) -> tuple[torch.Tensor, MoELayerOutput | None]:
+    def forward(self, x: torch.Tensor, collect: bool = True,
+                balance_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, MoELayerOutput | None]:
         """(B, T, C) -> (B, T, C), and the layer's losses and statistics (None with `collect=False`:
-        evaluation and generation skip that work)."""
+        evaluation and generation skip that work). `balance_counts` (E,): the global batch's choices per
+        expert, for the balancing loss (see `load_balancing_loss`)."""
         B, T, C = x.shape
         flat = x.reshape(B * T, C)  # (N, C): routing ignores the batch and time axes
         routing = self.route(flat)
-        y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
+        if self.expert_group is None:
+            y = DISPATCH[self.dispatch](flat, routing, self.experts)  # (N, C)
+        else:  # the experts spread over processes: an all-to-all there and back
+            y = self.expert_group.dispatch(flat, routing, self.experts)  # (N, C)
         if self.shared_experts is not None:  # every token, weight 1 (or its own gate)
             shared = self.shared_experts(flat.unsqueeze(0)).squeeze(0)  # (1, N, C) -> (N, C)
             if self.shared_expert_gate is not None:
@@ -603,7 +623,7 @@ class MoE(nn.Module):
         if collect:
             # z-loss bounds the softmax's normaliser; a sigmoid router has none (it would only push logits down)
             z_loss = router_z_loss(routing.logits) if self.router_type == "softmax" else x.new_zeros(())
-            aux_loss = load_balancing_loss(routing, self.aux_loss_type, seq_len=T)
+            aux_loss = load_balancing_loss(routing, self.aux_loss_type, seq_len=T, counts=balance_counts)
             out = MoELayerOutput(aux_loss=aux_loss, z_loss=z_loss, stats=layer_stats(routing, self.expert_bias))
         return y.view(B, T, C), out
 
@@ -662,7 +682,7 @@ def layer_stats(routing: Routing, balance_bias: torch.Tensor | None = None) -> L
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
     return LayerStats(share=routing.expert_share(), dropped=routing.dropped_fraction.detach(), entropy=entropy,
                       max_prob=p.max(dim=-1).values.mean(),
-                      balance_bias=None if balance_bias is None else balance_bias.clone())
+                      balance_bias=None if balance_bias is None else balance_bias.clone(), counts=routing.counts)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from .model import GPT
 from .moe import imbalance
 from .paths import check_not_replacing, check_outputs, same_file
 from .tokenizer import HUB_TOKENIZER, load_tokenizer
-from .training import History, TrainConfig, fit, make_optimizer
+from .training import BALANCE_SCOPES, History, TrainConfig, fit, make_optimizer
 
 _P1 = part1_config(vocab_size=GPTConfig.vocab_size)  # the vocabulary comes from the tokenizer
 _TC = TrainConfig()
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cont-top-k", type=int, default=_TC.cont_top_k,
                        help="top-k of the continuation test (1 = greedy)")
     train.add_argument("--seed", type=int, default=_TC.seed, help="random seed (weights, dropout)")
+    train.add_argument("--balance-scope", choices=BALANCE_SCOPES, default=_TC.balance_scope,
+                       help="where the MoE balancing loss counts each expert's choices: each micro-batch, or the "
+                            "global batch of the step (all micro-batches and processes)")
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--checkpoint", type=Path, default=None, help="save model, optimizer and history here at the end")
@@ -184,7 +187,7 @@ def check_applicable(args: argparse.Namespace) -> None:
     """Refuse options that the chosen mode would ignore (the defaults never count, only typed options)."""
     given = getattr(args, "given", frozenset())
     if args.n_expert == 0:
-        moe = [_option(name) for name in _MOE_OPTIONS if name in given]
+        moe = [_option(name) for name in (*_MOE_OPTIONS, "balance_scope") if name in given]
         if moe:
             raise ValueError(f"{', '.join(moe)} shape(s) a Mixture of Experts, but the model is dense (--n-expert 0); "
                              f"add --n-expert N (N > 0) or leave them out")
@@ -255,6 +258,7 @@ def run(args: argparse.Namespace) -> History:
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, betas=(args.beta1, args.beta2),
         cont_prefix_tokens=args.cont_prefix_tokens, cont_new_tokens=args.cont_new_tokens,
         cont_temperature=args.cont_temperature, cont_top_k=args.cont_top_k, seed=args.seed,
+        balance_scope=args.balance_scope,
     )
     tokenizer = load_tokenizer(args.tokenizer)
     text = read_text(args.text_file) if args.text_file is not None else bundled_paragraph()

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .evaluation import perplexity
-from .moe import update_expert_biases
+from .expert_parallel import clip_grad_norm, reduce_expert_grads
+from .moe import MoE, MoEOutput, update_expert_biases
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs (B, T), targets (B, T))
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# where the balancing loss counts each expert's choices (f_i): the micro-batch it is computed on, or the
+# global batch of the optimisation step (all micro-batches, all processes)
+BALANCE_SCOPES = ("micro_batch", "global")
 
 
 @dataclass(frozen=True)
@@ -31,8 +37,12 @@ class TrainConfig:
     cont_temperature: float = 0.1  # the seed's near-greedy setting...
     cont_top_k: int | None = 1  # ...top_k=1 makes it exactly greedy
     seed: int = 1337
+    balance_scope: str = "micro_batch"  # one of BALANCE_SCOPES (an MoE's load-balancing loss)
 
     def __post_init__(self) -> None:
+        if self.balance_scope not in BALANCE_SCOPES:
+            raise ValueError(f"TrainConfig.balance_scope={self.balance_scope!r} is not allowed: choose one of "
+                             f"{BALANCE_SCOPES}")
         _positive_int("epochs", self.epochs)
         _positive_int("cont_prefix_tokens", self.cont_prefix_tokens)
         _positive_int("cont_new_tokens", self.cont_new_tokens)
@@ -110,23 +120,76 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-               moe_log: list | None = None) -> float:
-    """One step: forward, loss, backward, update. Returns the cross-entropy before the update.
+def objective(loss: torch.Tensor, moe: MoEOutput) -> torch.Tensor:
+    """What training differentiates: the cross-entropy plus the MoE penalty (0 for a dense model),
 
-    The gradient is that of cross-entropy plus the MoE penalty (auxiliary losses, zero for a
-    dense model). With `moe_log`, an MoE model appends this step's routing record to it.
+        L = CE + aux_loss_weight * mean_l L_aux,l + z_loss_weight * mean_l L_z,l
+
+    averaged over the MoE layers l (`MoEOutput.collect` weighs the two auxiliary losses).
     """
-    x, y = batch
+    return loss + moe.penalty
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batch | list[Batch],
+               moe_log: list | None = None, *, grad_clip: float | None = None,
+               balance_scope: str = "micro_batch") -> float:
+    """One optimisation step over one batch (x, y) or a list of equal micro-batches; returns the mean
+    cross-entropy before the update (this process's).
+
+    Each micro-batch's `objective` is divided by their number, so the gradients add up to the mean's.
+    Under DDP, gradients are all-reduced only in the last micro-batch's backward (`no_sync` before);
+    experts spread over processes (`expert_parallel`) get theirs summed and averaged after it. Then
+    the gradient norm is clipped to `grad_clip` (None or 0: not clipped), the optimizer steps and the
+    balancing biases move (auxiliary-loss-free balancing, if a layer uses it). With
+    balance_scope="global" the balancing loss counts the experts' choices over the whole step first
+    (`global_balance_counts`). With `moe_log`, an MoE model appends the last micro-batch's routing
+    record to it.
+    """
+    batches = [batches] if isinstance(batches, tuple) else batches
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    _, loss, moe = model(x, targets=y, with_moe=True)
-    (loss + moe.penalty).backward()
-    optimizer.step()
-    update_expert_biases(model)  # auxiliary-loss-free balancing, if a layer uses it
+    counts = global_balance_counts(model, batches) if balance_scope == "global" else None
+    total = 0.0
+    for i, (x, y) in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            _, loss, moe = model(x, targets=y, with_moe=True, balance_counts=counts)
+            (objective(loss, moe) / len(batches)).backward()
+        total += loss.item() / len(batches)
+    reduce_expert_grads(model)
     if moe_log is not None and moe.layers:
         moe_log.append(moe.record())
-    return loss.item()
+    if grad_clip:
+        clip_grad_norm(model, grad_clip)
+    optimizer.step()
+    update_expert_biases(model)
+    return total
+
+
+@torch.no_grad()
+def global_balance_counts(model: torch.nn.Module, batches: list[Batch]) -> list[torch.Tensor] | None:
+    """Per MoE layer, the (E,) choices per expert over the global batch: every micro-batch here, summed
+    over all processes (an all-reduce). None for a dense model.
+
+    A micro-batch's backward runs before the next one is routed, so the counts come from a forward
+    pass without gradients over all of them first (about a third more forward work). It runs in
+    training mode with the random state put back afterwards, so its dropout and router noise are
+    those of the real forwards: the counts are exactly those of the routing being trained.
+    """
+    module = model.module if hasattr(model, "no_sync") else model  # DDP's forward would prepare a reduction
+    if not any(isinstance(m, MoE) for m in module.modules()):
+        return None
+    device = batches[0][0].device
+    total = None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for x, _ in batches:
+            _, _, moe = module(x, with_moe=True)
+            counts = torch.stack([s.counts for s in moe.layers])  # (L, E)
+            total = counts if total is None else total + counts
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return list(total.unbind(0))
 
 
 # ---------------------------------------------------------------------- fit
@@ -189,7 +252,7 @@ def fit(
     torch.manual_seed(config.seed)
     bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not progress)
     for epoch in bar:
-        loss = train_step(model, optimizer, get_batch(epoch), history.moe)
+        loss = train_step(model, optimizer, get_batch(epoch), history.moe, balance_scope=config.balance_scope)
         check_finite(loss, f"epoch {epoch}", config)
         history.epoch.append(epoch)
         history.loss.append(loss)

@@ -45,12 +45,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_tokenizer
+from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_tokenizer, train_step
 from nanogpt_lib.atomic import atomic_path, atomic_write_text
 from nanogpt_lib.baselines import count_baselines
 from nanogpt_lib.comparison import fixed_windows, windows_loss
 from nanogpt_lib.corpora import cache_root, corpus_works
-from nanogpt_lib.corpus_train import CorpusConfig, accumulated_step, train_corpus
+from nanogpt_lib.corpus_train import CorpusConfig, train_corpus
 from nanogpt_lib.distributed import DistContext
 from nanogpt_lib.experiments import CAPACITY_EXPERTS, CAPACITY_FACTORS, capacity_key
 from nanogpt_lib.experiments import part2_study_models as models
@@ -237,7 +237,7 @@ def time_steps(keys: list[str], configs: dict[str, GPTConfig], data, protocol: P
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 began = time.perf_counter()
-                accumulated_step(model, opt, batches, 1.0)
+                train_step(model, opt, batches, grad_clip=1.0)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 if r > 0:

@@ -13,7 +13,7 @@ from nanogpt_lib import corpus_train
 from nanogpt_lib.train import main
 
 if os.environ.get("RANK") == os.environ.get("FAIL_RANK"):
-    real_step, calls = corpus_train.accumulated_step, []
+    real_step, calls = corpus_train.train_step, []
 
     def failing_step(*args, **kwargs):
         calls.append(1)
@@ -23,6 +23,6 @@ if os.environ.get("RANK") == os.environ.get("FAIL_RANK"):
             raise RuntimeError(f"injected failure on rank {os.environ['RANK']}")
         return real_step(*args, **kwargs)
 
-    corpus_train.accumulated_step = failing_step
+    corpus_train.train_step = failing_step
 
 main(sys.argv[1:])

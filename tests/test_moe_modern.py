@@ -11,7 +11,6 @@ from transformers.models.mixtral.configuration_mixtral import MixtralConfig
 from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock, load_balancing_loss_func
 
 from nanogpt_lib import GPT, GPTConfig, TrainConfig, fit, load_checkpoint, make_optimizer, save_checkpoint, train_step
-from nanogpt_lib.corpus_train import accumulated_step
 from nanogpt_lib.hf_moe import (
     from_deepseek_v3,
     from_mixtral,
@@ -382,7 +381,7 @@ def test_the_corpus_loop_counts_every_micro_batch():
 
     both, last_only = bias_after(batches), bias_after(batches[1:])
     assert not torch.equal(both, last_only)  # the test can tell the two apart
-    accumulated_step(model, make_optimizer(model, TrainConfig()), batches, grad_clip=1.0)
+    train_step(model, make_optimizer(model, TrainConfig()), batches, grad_clip=1.0)
     torch.testing.assert_close(model.transformer.h[0].mlp.expert_bias, both, rtol=0, atol=0)
 
 
