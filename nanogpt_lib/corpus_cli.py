@@ -190,6 +190,11 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
         f"global batch {config.batch_size} = {ctx.world_size} x {config.grad_accum} x {micro} windows "
         f"of {model_config.block_size} tokens")
 
+    if config.expert_parallel > 1 and model_config.n_expert:
+        say(f"Expert parallelism: experts spread over {config.expert_parallel} processes, "
+            f"{model_config.n_expert // config.expert_parallel} of {model_config.n_expert} per MoE layer on each; "
+            f"tokens travel to them by all-to-all")
+
     def on_eval(record: dict, history) -> None:
         say(f"step {record['step']:>6}/{config.steps}: train loss {record['train_loss']:.4f} | "
             f"val loss {record['val_loss']:.4f} | lr {record['lr']:.2e}")

@@ -1,0 +1,137 @@
+"""Expert parallelism against one process: two processes under torchrun (gloo, 127.0.0.1), each holding half
+of every MoE layer's experts, compute what one process holding them all computes (dropout 0)."""
+
+import time
+
+import pytest
+import torch
+from test_distributed import HERE, MODEL, tokens, torchrun  # noqa: F401 (tokens: a fixture)
+
+from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_checkpoint, make_optimizer
+from nanogpt_lib.expert_parallel import ExpertGroup, expert_group, shard_experts
+from nanogpt_lib.train import main
+from nanogpt_lib.training import objective, train_step
+
+import ep_worker  # noqa: E402 (tests/ is on the path, as for test_distributed)
+
+MOE = ["--n-expert", "4", "--top-k", "2", "--capacity-factor", "none", "--aux-loss-weight", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ep") / "ep.pt"
+    result = torchrun([str(HERE / "ep_worker.py")], [], OUT=str(out))
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    return torch.load(out, weights_only=False)
+
+
+def one_process(overrides: dict, dtype: torch.dtype, rank: int):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**ep_worker.BASE, **overrides})).to(dtype)
+    x, y = ep_worker.batch()
+    mine = slice(8 * rank, 8 * (rank + 1))
+    logits, loss, moe = model(x[mine], targets=y[mine], with_moe=True)
+    total = objective(loss, moe)
+    total.backward()
+    return logits.detach(), total.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", list(ep_worker.SETTINGS))
+def test_each_process_computes_what_one_process_with_every_expert_does(worker, name):
+    overrides, dtype = ep_worker.SETTINGS[name]
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    refs = [one_process(overrides, dtype, rank) for rank in range(2)]
+    worst = 0.0
+    for rank in range(2):
+        got, (logits, total, grads) = worker[rank]["layers"][name], refs[rank]
+        torch.testing.assert_close(got["logits"], logits, **tol)
+        torch.testing.assert_close(got["objective"], total, **tol)
+        worst = max(worst, float((got["logits"] - logits).abs().max()))
+        for n, g in got["grads"].items():
+            if ".experts." in n and "shared" not in n:  # held in halves: the owner's gradient sums both ranks
+                expected = (refs[0][2][n] + refs[1][2][n])[2 * rank:2 * rank + 2]
+            else:  # replicated: each rank's own gradient (DDP, not used here, would average them)
+                expected = grads[n]
+            assert g.shape == expected.shape, n
+            torch.testing.assert_close(g, expected, **tol, msg=lambda m, n=n: f"{n}: {m}")
+            worst = max(worst, float((g - expected).abs().max()))
+    print(f"{name}: max abs difference of logits and gradients {worst:.2e}")
+
+
+@pytest.mark.parametrize("name", list(ep_worker.SETTINGS))
+def test_the_bytes_counted_are_the_rows_that_left_each_process(worker, name):
+    """Forward: my rows for the other's experts go there, its rows for mine come back from me; the backward
+    pass sends as many again. Each row is C numbers."""
+    dtype = ep_worker.SETTINGS[name][1]
+    C = ep_worker.BASE["n_embd"] * torch.empty((), dtype=dtype).element_size()
+    for rank in range(2):
+        other = 1 - rank
+        mine, theirs = worker[rank]["layers"][name]["counts"], worker[other]["layers"][name]["counts"]
+        leaving = sum(int(c[2 * other:2 * other + 2].sum()) for c in mine)
+        arriving = sum(int(c[2 * rank:2 * rank + 2].sum()) for c in theirs)
+        assert worker[rank]["layers"][name]["sent_bytes"] == 2 * (leaving + arriving) * C > 0
+
+
+def test_global_balance_over_two_processes_of_two_micro_batches_equals_one_batch_of_16(worker):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**ep_worker.BASE, capacity_factor=None))
+    x, y = ep_worker.batch()
+    loss = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [(x, y)], balance_scope="global")
+    assert (worker[0]["global"]["loss"] + worker[1]["global"]["loss"]) / 2 == pytest.approx(loss, abs=1e-6)
+    for n, p in model.named_parameters():
+        for rank in range(2):
+            torch.testing.assert_close(worker[rank]["global"]["grads"][n], p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_training_under_expert_parallelism_matches_ddp_and_its_checkpoint_loads_in_one_process(tokens, tmp_path):
+    ddp, ep, half = tmp_path / "ddp.pt", tmp_path / "ep.pt", tmp_path / "half.pt"
+    common = ["--data", str(tokens), "--steps", "8", *MODEL, *MOE]
+    result = torchrun(["-m", "nanogpt_lib.train"], [*common, "--checkpoint", str(ddp)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = torchrun(["-m", "nanogpt_lib.train"], [*common, "--expert-parallel", "2", "--checkpoint", str(ep)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "experts spread over 2 processes, 2 of 4 per MoE layer" in result.stdout
+    a, b = load_checkpoint(ddp), load_checkpoint(ep)  # the expert-parallel checkpoint holds every expert
+    torch.testing.assert_close(torch.tensor(b.history.loss), torch.tensor(a.history.loss), rtol=1e-5, atol=1e-5)
+    for (n, p), q in zip(b.model.named_parameters(), a.model.parameters(), strict=True):
+        assert p.shape == q.shape, n
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    moments = []
+    for path in (ep, ddp):  # the AdamW moments too: gathered, in the one-process order
+        model = GPT(a.config)
+        optimizer = make_optimizer(model, TrainConfig())
+        load_checkpoint(path, model=model, optimizer=optimizer)
+        moments.append([optimizer.state[p]["exp_avg"] for g in optimizer.param_groups for p in g["params"]])
+    for s, t in zip(*moments, strict=True):
+        torch.testing.assert_close(s, t, rtol=1e-3, atol=1e-6)
+    # stopped at step 4 under expert parallelism, resumed in one process: the same run
+    result = torchrun(["-m", "nanogpt_lib.train"], [*common, "--expert-parallel", "2", "--stop-after", "4",
+                                                     "--checkpoint", str(half)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    main([*common, "--resume", str(half), "--checkpoint", str(half), "--overwrite"])
+    c = load_checkpoint(half)  # one process sums in another order than two: rounding, grown over 8 steps
+    torch.testing.assert_close(torch.tensor(c.history.loss), torch.tensor(a.history.loss), rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_process_stops_an_expert_parallel_run_quickly(tokens):
+    began = time.monotonic()
+    result = torchrun([str(HERE / "ddp_worker.py")], ["--data", str(tokens), "--steps", "50", "--dist-timeout", "30",
+                                                      *MODEL, *MOE, "--expert-parallel", "2"],
+                      timeout=90, FAIL_RANK="1", FAIL_STEP="3")
+    assert result.returncode != 0 and time.monotonic() - began < 60
+    assert "rank 1 of 2 failed: RuntimeError: injected failure on rank 1" in result.stderr
+    assert "step     50/50" not in result.stdout
+
+
+def test_what_cannot_be_spread_is_refused_in_one_line(tokens, capsys):
+    half = ExpertGroup(size=2, rank=0, world_size=2, group=None, replicas=None)
+    with pytest.raises(ValueError, match="--expert-parallel 2 does not divide --n-expert 3"):
+        shard_experts(GPT(GPTConfig(**{**ep_worker.BASE, "n_expert": 3})), half)
+    with pytest.raises(ValueError, match="the model is dense"):
+        shard_experts(GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=32)), half)
+    with pytest.raises(ValueError, match=r"--expert-parallel 3 is not allowed: it must divide the 2 process\(es\)"):
+        expert_group(3, 2, 0)
+    with pytest.raises(SystemExit):
+        main(["--data", str(tokens), "--steps", "2", *MODEL, *MOE, "--expert-parallel", "2"])
+    err = capsys.readouterr().err
+    assert "--expert-parallel 2 is not allowed: it must divide the 1 process(es)" in err and len(err.splitlines()) == 1
