@@ -9,7 +9,8 @@
     tokenizer       load_tokenizer: the blog's Hub tokenizer, or the bundled fallback
     tokenizer_train how the bundled tokenizer was trained (reproducible)
     data            bundled texts, user files, the target shift, corpus batches
-    training        TrainConfig, train_step, fit, the 25 % points
+    training        TrainConfig, the objective, train_step (over micro-batches), fit, the 25 % points
+    expert_parallel an MoE layer's experts spread over processes: all-to-all there and back
     evaluation      perplexity, reconstruction, continuation, per-position probabilities
     checkup         the 25 % check-up shared by the command line and the notebooks
     costs           parameters, FLOPs, memory and forward time of a configuration
@@ -56,13 +57,13 @@ from .model import GPT, IGNORE_INDEX
 from .schedule import CosineSchedule
 from .tokenizer import HUB_TOKENIZER, load_tokenizer
 from .tokens import TokenFileError, open_tokens
-from .training import History, TrainConfig, fit, is_quarter, make_optimizer, quarter_points, train_step
+from .training import History, TrainConfig, fit, is_quarter, make_optimizer, objective, quarter_points, train_step
 
 __all__ = [
     "GPT", "GPTConfig", "IGNORE_INDEX", "HUB_TOKENIZER", "Checkpoint", "CheckpointError", "History",
     "TrainConfig", "bundled_corpus", "bundled_paragraph", "continue_text", "corpus_files", "encode", "eval_mode",
     "evaluate", "fit", "is_quarter", "load_checkpoint", "load_corpus", "load_tokenizer", "make_optimizer",
-    "part1_config", "quarter_points", "read_text", "reconstruct", "sample_batch", "save_checkpoint",
+    "objective", "part1_config", "quarter_points", "read_text", "reconstruct", "sample_batch", "save_checkpoint",
     "shift_targets", "train_step", "train_val_split",
     "CorpusConfig", "CorpusRun", "CosineSchedule", "TokenFileError", "open_tokens",
     "train_corpus",

@@ -225,3 +225,83 @@ def gathered_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
             opt_state["state"][i] = {key: gather(value) if torch.is_tensor(value) and value.dim() else value
                                      for key, value in opt_state["state"][i].items()}
     return state, opt_state
+
+
+# ---------------------------------------------------------------- costs
+def exchange_bytes(tokens: int, top_k: int, processes: int, n_embd: int, moe_layers: int,
+                   bytes_per_number: int = 4) -> float:
+    """Payload one process sends per step through the all-to-alls when the router is balanced:
+    4 N k (n-1)/n C b per MoE layer (there and back, forward and backward), for N tokens here."""
+    return 4 * tokens * top_k * (processes - 1) / processes * n_embd * bytes_per_number * moe_layers
+
+
+def expert_allreduce_bytes(expert_params: int, processes: int, bytes_per_number: int = 4) -> float:
+    """What DDP sends per step for the expert gradients when every process holds every expert: a ring
+    all-reduce sends 2 (n-1)/n of the data from each process."""
+    return 2 * (processes - 1) / processes * expert_params * bytes_per_number
+
+
+# ------------------------------------------------- a run on local processes
+def compare_on_processes(config, tokens: torch.Tensor, processes: int = 2, seed: int = 0) -> list[dict]:
+    """Run the MoE `config` with its experts spread over `processes` local processes (gloo), each on its
+    share of `tokens` (B, T), against the same model whole in each process; returns per process the
+    routing counts of its rows (layers, E), the bytes it sent, and the largest differences from the whole
+    model (logits; every gradient, an expert's summed over the processes as its owner gets it)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    if tokens.shape[0] % processes:
+        raise ValueError(f"{tokens.shape[0]} sequences do not split over {processes} processes")
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(_compare_worker, args=(processes, _free_port(), folder, config, tokens, seed),
+                           nprocs=processes, start_method="spawn")
+        return [torch.load(f"{folder}/{rank}.pt", weights_only=True) for rank in range(processes)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _compare_worker(rank: int, processes: int, port: int, folder: str, config, tokens: torch.Tensor,
+                    seed: int) -> None:
+    import copy
+
+    from .model import GPT
+    from .training import objective
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes)
+    try:
+        torch.manual_seed(seed)
+        whole = GPT(config)
+        spread = copy.deepcopy(whole)
+        group = expert_group(processes, processes, rank)
+        shard_experts(spread, group)
+        x = tokens.chunk(processes)[rank]
+        y = torch.roll(x, -1, dims=1)
+        results = []
+        for model in (whole, spread):
+            logits, loss, moe = model(x, targets=y, with_moe=True)
+            objective(loss, moe).backward()
+            results.append((logits.detach(), moe))
+        worst_grad = 0.0
+        E, lo = config.n_expert, group.rank * config.n_expert // processes
+        for p, q in zip(whole.parameters(), spread.parameters(), strict=True):
+            expected = p.grad
+            if q.shape != p.shape:  # an expert tensor: its owner holds the sum over the processes' tokens
+                expected = p.grad.clone()
+                dist.all_reduce(expected)
+                expected = expected[lo:lo + E // processes]
+            worst_grad = max(worst_grad, float((q.grad - expected).abs().max()))
+        counts = torch.stack([s.counts for s in results[1][1].layers])  # (layers, E)
+        torch.save({"counts": counts, "sent_bytes": group.sent_bytes, "tokens": x.numel(),
+                    "logits_diff": float((results[0][0] - results[1][0]).abs().max()), "grad_diff": worst_grad},
+                   f"{folder}/{rank}.pt")
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()

@@ -564,3 +564,40 @@ def plot_active_vs_total(rows: Sequence) -> Figure:
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_token_exchange(counts: Sequence[torch.Tensor], layer: int = 0) -> Figure:
+    """One MoE layer's all-to-all under expert parallelism, drawn: `counts[s]` (E,) are the rows process s
+    sends to each expert (its routing counts), process r owning the r-th block of E/P experts. Each source
+    process (left) sends an arrow to each owner (right), as wide as its rows; the rows that stay on their
+    process are drawn dashed (no copy over the network). The results come back the same way."""
+    P, E = len(counts), int(counts[0].numel())
+    if P < 2 or E % P:
+        raise ValueError(f"plot_token_exchange needs 2 or more processes whose number divides E={E}, got {P}")
+    rows = torch.stack([c.reshape(P, E // P).sum(1) for c in counts]).tolist()  # (P sources, P owners)
+    widest = max(max(r) for r in rows)
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 1.5 * P))
+    ys = [1.4 * (P - 1 - i) for i in range(P)]
+    for s in range(P):
+        _box(ax, 1.0, ys[s], 1.9, 0.9, f"process {s}\n{sum(rows[s]):,} rows\n(N k, sorted)", "data")
+        first = s * E // P
+        _box(ax, 7.0, ys[s], 2.0, 0.9, f"process {s}'s experts\n{first}..{first + E // P - 1}", "expert")
+    for s in range(P):
+        for r in range(P):
+            n = rows[s][r]
+            start, end = (2.0, ys[s] + 0.25 * (r - (P - 1) / 2)), (5.95, ys[r] + 0.25 * (s - (P - 1) / 2))
+            style = dict(lw=0.6 + 6 * n / widest, color=f"C{s}", linestyle="--" if s == r else "-")
+            _arrow(ax, start, end, **style)
+            mid = (0.62 * start[0] + 0.38 * end[0], 0.62 * start[1] + 0.38 * end[1])
+            label = f"{n:,} stay" if s == r else f"{n:,} rows"
+            ax.text(*mid, label, fontsize=8, ha="center", va="bottom", color=f"C{s}",
+                    bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+    ax.set_xlim(-0.1, 8.2)
+    ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+    ax.axis("off")
+    sent = sum(rows[s][r] for s in range(P) for r in range(P) if s != r)
+    ax.set_title(f"All-to-all of MoE layer {layer}: each process sends every row to its expert's owner\n"
+                 f"{sent:,} of {sum(map(sum, rows)):,} rows cross between processes (arrow width: rows)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

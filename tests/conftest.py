@@ -32,3 +32,13 @@ def bundled_tokenizer():
     from nanogpt_lib.tokenizer import BUNDLED_TOKENIZER_NAME
 
     return load_tokenizer(BUNDLED_TOKENIZER_NAME, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, bundled_tokenizer):
+    """The bundled corpus prepared into a token folder (the torchrun tests' data)."""
+    from nanogpt_lib.prepare import files_source, prepare
+
+    out = tmp_path_factory.mktemp("ddp") / "bundled"
+    prepare(files_source([]), out, bundled_tokenizer, progress=False)
+    return out

@@ -9,8 +9,8 @@ import torch
 
 from nanogpt_lib import GPT, GPTConfig, TrainConfig
 from nanogpt_lib.moe import load_balancing_loss, route
-from nanogpt_lib.training import global_balance_counts, train_step
 from nanogpt_lib.train import main
+from nanogpt_lib.training import global_balance_counts, train_step
 
 CONFIG = GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=32, dropout=0.0, n_expert=4, top_k=2,
                    aux_loss_weight=0.5, z_loss_weight=0.01, capacity_factor=None)  # capacity: per forward

@@ -14,24 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from nanogpt_lib import load_checkpoint
-from nanogpt_lib.prepare import files_source, prepare
 from nanogpt_lib.train import main
 
 HERE = Path(__file__).parent
 MODEL = ["--block-size", "16", "--n-layer", "2", "--n-head", "2", "--n-embd", "16", "--dropout", "0.0",
          "--lr", "3e-3", "--batch-size", "8", "--grad-accum", "2", "--eval-interval", "4", "--eval-batches", "2",
          "--warmup-steps", "2", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory, bundled_tokenizer):
-    out = tmp_path_factory.mktemp("ddp") / "bundled"
-    prepare(files_source([]), out, bundled_tokenizer, progress=False)
-    return out
 
 
 def _free_port() -> int:

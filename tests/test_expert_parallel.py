@@ -3,16 +3,23 @@ of every MoE layer's experts, compute what one process holding them all computes
 
 import time
 
+import ep_worker  # tests/ is on the path
 import pytest
 import torch
-from test_distributed import HERE, MODEL, tokens, torchrun  # noqa: F401 (tokens: a fixture)
+from test_distributed import HERE, MODEL, torchrun
 
 from nanogpt_lib import GPT, GPTConfig, TrainConfig, load_checkpoint, make_optimizer
-from nanogpt_lib.expert_parallel import ExpertGroup, expert_group, shard_experts
+from nanogpt_lib.expert_parallel import (
+    ExpertGroup,
+    compare_on_processes,
+    exchange_bytes,
+    expert_allreduce_bytes,
+    expert_group,
+    shard_experts,
+)
+from nanogpt_lib.plots import plot_token_exchange
 from nanogpt_lib.train import main
 from nanogpt_lib.training import objective, train_step
-
-import ep_worker  # noqa: E402 (tests/ is on the path, as for test_distributed)
 
 MOE = ["--n-expert", "4", "--top-k", "2", "--capacity-factor", "none", "--aux-loss-weight", "0.1"]
 
@@ -135,3 +142,34 @@ def test_what_cannot_be_spread_is_refused_in_one_line(tokens, capsys):
         main(["--data", str(tokens), "--steps", "2", *MODEL, *MOE, "--expert-parallel", "2"])
     err = capsys.readouterr().err
     assert "--expert-parallel 2 is not allowed: it must divide the 1 process(es)" in err and len(err.splitlines()) == 1
+
+
+def test_compare_on_processes_reports_equality_counts_and_the_bytes_of_the_formula():
+    config = GPTConfig(**ep_worker.BASE, capacity_factor=None)
+    tokens = ep_worker.batch()[0]
+    ranks = compare_on_processes(config, tokens, processes=2)
+    assert [r["tokens"] for r in ranks] == [64, 64]
+    for r in ranks:
+        assert r["logits_diff"] < 1e-6 and r["grad_diff"] < 1e-6
+        assert r["counts"].shape == (2, 4) and r["counts"].sum().item() == 2 * 64 * 2  # layers x experts, N k each
+    # the formula is the balanced router's; the measured bytes follow the real counts
+    formula = exchange_bytes(64, 2, 2, 32, 2)
+    assert all(0.5 * formula < r["sent_bytes"] < 1.5 * formula for r in ranks)
+    assert expert_allreduce_bytes(1000, 2) == 4000 and expert_allreduce_bytes(1000, 4, 2) == 3000
+    fig = plot_token_exchange([r["counts"][0] for r in ranks])
+    title = fig.axes[0].get_title()
+    crossing = int(ranks[0]["counts"][0][2:].sum() + ranks[1]["counts"][0][:2].sum())
+    assert f"{crossing:,} of 256 rows cross" in title
+    with pytest.raises(ValueError, match="do not split over 3 processes"):
+        compare_on_processes(config, tokens, processes=3)
+    with pytest.raises(ValueError, match="whose number divides E=4"):
+        plot_token_exchange([torch.ones(4)] * 3)
+
+
+def test_the_benchmark_times_both_and_counts_the_bytes(tokens):
+    result = torchrun(["-m", "benchmarks.expert_parallel"], ["--data", str(tokens), "--repeats", "1",
+                                                              "--n-expert", "4", "--width", "64"], timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| DDP (every expert on every process) |" in result.stdout
+    assert "| expert parallel (2 experts each) |" in result.stdout
+    assert "all-to-all payload per process per step: measured" in result.stdout
