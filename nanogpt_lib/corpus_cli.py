@@ -180,7 +180,8 @@ def _train(args, config: CorpusConfig, train_config: TrainConfig, ctx) -> Corpus
     plot = getattr(args, "plot", None)
     if upcycled is None:
         torch.manual_seed(train_config.seed)
-        model = GPT(model_config).to(ctx.device)
+        # with expert parallelism the whole model is built on the CPU; each process moves only its part
+        model = GPT(model_config).to(ctx.device if config.expert_parallel == 1 else torch.device("cpu"))
     else:
         say(f"Upcycled {args.upcycle_from} (dense, step {resume.train_state['step']}): {model_config.n_expert} "
             f"experts, top-{model_config.top_k}, method {getattr(args, 'upcycle_method', 'copy')}, optimizer state "

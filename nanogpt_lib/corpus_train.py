@@ -28,7 +28,7 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_check
 from .config import SHAPE_FIELDS
 from .distributed import DistContext, mean_over_ranks, unwrap, wrap
 from .evaluation import eval_mode
-from .expert_parallel import expert_group, gathered_state_dicts, shard_experts
+from .expert_parallel import expert_group, gathered_state_dicts, shard_experts, sharded_parameters, to_device
 from .model import GPT
 from .schedule import CosineSchedule, set_lr
 from .tokens import TRAIN_EVAL_STREAM, TRAIN_STREAM, VAL_STREAM, TokenData, shard_batches, window_starts
@@ -139,7 +139,8 @@ def train_corpus(
     progress: bool = True,
     until: int | None = None,
 ) -> CorpusRun:
-    """Train `model` (a plain GPT on ctx.device) on `data` for `config.steps` steps.
+    """Train `model` (a plain GPT on ctx.device, or on the CPU to be moved there once its experts are cut
+    under `config.expert_parallel`) on `data` for `config.steps` steps.
 
     Uses `train_config`'s lr (the schedule's peak), weight decay, betas and seed. Evaluates at
     step 0, every `config.eval_interval` steps and at the end; each evaluation appends
@@ -178,6 +179,8 @@ def train_corpus(
     group = expert_group(config.expert_parallel, ctx.world_size, ctx.rank)
     if group.size > 1:
         shard_experts(model, group, optimizer)
+    if next(model.parameters()).device != ctx.device:  # built (and cut) on the CPU: only its part moves
+        to_device(model, optimizer, ctx.device)
     ddp = wrap(model, ctx)
     seed = train_config.seed
 
@@ -191,7 +194,7 @@ def train_corpus(
             whole = whole_model(model, optimizer, train_config)  # every process: the experts are gathered
             state = {"step": step, "corpus_config": config.to_dict(), "data_fingerprint": data.meta.fingerprint,
                      "world_size": ctx.world_size}
-            if ctx.is_main:
+            if whole is not None and ctx.is_main:
                 save_checkpoint(checkpoint, *whole, history, tokenizer_name, train_config, train_state=state)
         if on_eval is not None:
             on_eval(record, history)
@@ -225,14 +228,18 @@ def train_corpus(
 
 
 def whole_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                train_config: TrainConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The model and optimizer a checkpoint holds: these ones, or under expert parallelism a copy with
-    every expert gathered from the processes that hold them (collective: every process calls it)."""
-    if not any(getattr(m, "expert_group", None) is not None for m in model.modules()):
+                train_config: TrainConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer] | None:
+    """The model and optimizer a checkpoint holds: these ones, or under expert parallelism a copy on the
+    CPU of rank 0 with every expert gathered from the processes that hold them (None on the others).
+    Collective: every process calls it."""
+    if not sharded_parameters(model):
         return model, optimizer
-    state, opt_state = gathered_state_dicts(model, optimizer)
-    with torch.random.fork_rng():  # a model built only to be filled: the run's random stream stays as it was
-        whole = GPT(model.config).to(next(model.parameters()).device)
+    gathered = gathered_state_dicts(model, optimizer)
+    if gathered is None:
+        return None
+    state, opt_state = gathered
+    with torch.random.fork_rng(devices=[]):  # a model built only to be filled: the run's random stream stays
+        whole = GPT(model.config)
     whole.load_state_dict(state)
     whole_optimizer = make_optimizer(whole, train_config)
     whole_optimizer.load_state_dict(opt_state)
@@ -249,7 +256,8 @@ _FIXED_TRAIN_ON_RESUME = ("seed", "lr", "weight_decay", "betas", "balance_scope"
 def restore(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,
             config: CorpusConfig, ctx: DistContext, train_config: TrainConfig) -> tuple[History, int]:
     """Load a corpus checkpoint into model and optimizer; returns its history and step."""
-    ck = load_checkpoint(path, model=model, optimizer=optimizer, map_location=ctx.device)
+    # onto the model's device: the CPU for a model whose experts are cut before it moves (expert parallelism)
+    ck = load_checkpoint(path, model=model, optimizer=optimizer, map_location=next(model.parameters()).device)
     return resumable(ck, f"checkpoint {str(path)!r}", data, config, train_config)
 
 

@@ -68,16 +68,20 @@ class ExpertGroup:
         send = routing.counts.view(n, local)  # (n, E/n): rows for each owner's each expert
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=self.group)  # recv[s, e]: rows process s sends my expert e
-        in_splits, out_splits = torch.stack([send.sum(1), recv.sum(1)]).tolist()  # the one wait: split sizes
+        # the one wait: the split sizes (and each local expert's total) read to the host, in one transfer
+        sizes = torch.cat([send.sum(1), recv.sum(1), recv.sum(0)]).tolist()
+        in_splits, out_splits, per_expert = sizes[:n], sizes[n:2 * n], sizes[2 * n:]
         received = _Exchange.apply(x.index_select(0, rows.token), out_splits, in_splits, self)  # (R, C)
         # the received rows come by source, then by expert: regroup them by expert for the grouped products
         R = received.shape[0]
         expert = torch.repeat_interleave(torch.arange(local, device=x.device).repeat(n), recv.reshape(-1),
                                          output_size=R)  # (R,) local expert of each received row
-        order = torch.sort(expert, stable=True).indices  # (R,)
+        order = torch.sort(expert, stable=True).indices  # (R,) received rows, grouped by expert
+        # the layout of `GroupedRows`, for the received rows: `token` here is the received row each sorted
+        # row copies; no weight, no mask (the rows are combined back home)
         mine = GroupedRows(token=order, expert=expert.index_select(0, order), weight=None, kept=None,
                            ends=recv.sum(0).cumsum(0).to(torch.int32))
-        y = _local_experts(experts, received.index_select(0, order), mine)  # (R, C), sorted by expert
+        y = _local_experts(experts, received.index_select(0, order), mine, per_expert)  # (R, C), by expert
         unsort = torch.empty_like(order).scatter_(0, order, torch.arange(R, device=x.device))
         y = _Exchange.apply(y.index_select(0, unsort), in_splits, out_splits, self)  # (M, C), rows' order
         added = torch.where(rows.kept, rows.weight * y, 0.0)  # (M, C): dropped rows add exactly nothing
@@ -98,14 +102,13 @@ class _Exchange(torch.autograd.Function):
         return ctx.group.exchange(grad, in_splits, out_splits), None, None, None
 
 
-def _local_experts(experts: nn.Module, x: torch.Tensor, rows: GroupedRows) -> torch.Tensor:
+def _local_experts(experts: nn.Module, x: torch.Tensor, rows: GroupedRows, per_expert: list[int]) -> torch.Tensor:
     """This process's experts on their rows, sorted by expert: (R, C) -> (R, C). Grouped products where
-    the installed torch has them for this dtype and device, else one product per expert (the row counts
-    are on the host already)."""
+    the installed torch has them for this dtype and device, else one product per expert on its slice
+    (`per_expert`: each one's row count, already on the host)."""
     if grouped_mm_supported(x, experts):
         return experts.grouped(x, rows)
-    ends = [0, *rows.ends.tolist()]
-    return torch.cat([experts.one(e, x[ends[e]:ends[e + 1]]) for e in range(len(ends) - 1)])
+    return torch.cat([experts.one(e, part) for e, part in enumerate(x.split(per_expert))])
 
 
 # ---------------------------------------------------------------- setting up
@@ -142,6 +145,8 @@ def shard_experts(model: nn.Module, group: ExpertGroup, optimizer: torch.optim.O
                          f"the same number of experts")
     if group.size == 1:
         return
+    if any(layer.expert_group is not None for layer in layers):
+        raise ValueError("the experts of this model are spread over processes already; shard a whole model once")
     lo, hi = group.rank * E // group.size, (group.rank + 1) * E // group.size
     for layer in layers:
         for p in layer.experts.parameters():
@@ -191,40 +196,61 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     if group is None:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     sharded = {id(p) for p in sharded_parameters(model).values()}
-    norm = torch.nn.utils.get_total_norm
-    replicated = norm([p.grad for p in params if id(p) not in sharded]) ** 2
-    experts = norm([p.grad for p in params if id(p) in sharded]) ** 2
+
+    def squares(grads: list[torch.Tensor]) -> torch.Tensor:
+        return sum((g.float().square().sum() for g in grads), torch.zeros((), device=params[0].device))
+
+    replicated = squares([p.grad for p in params if id(p) not in sharded])
+    experts = squares([p.grad for p in params if id(p) in sharded])
     dist.all_reduce(experts, group=group.group)  # the squares of all E experts: each process holds E/n
     total = (replicated + experts).sqrt()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)  # as torch's clip_grad_norm_
+    for p in params:
+        p.grad.mul_(scale.to(p.grad.dtype))
     return total
 
 
 @torch.no_grad()
-def gathered_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model state, optimizer state) of the whole model, every expert put back in order (collective:
-    every process of the group calls it). What a checkpoint holds, so it loads in one process."""
+def gathered_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+    """(model state, optimizer state) of the whole model, every expert put back in order, on the CPU of
+    global rank 0, which saves checkpoints (None on every other process). Collective: the processes of
+    rank 0's group send it their experts one tensor at a time, so no device ever holds the whole model."""
     group = _group_of(model)
     module = model.module if hasattr(model, "no_sync") else model
-    state, opt_state = module.state_dict(), optimizer.state_dict()
     if group is None:
-        return state, opt_state
+        raise ValueError("gathered_state_dicts is for a model whose experts are spread over processes")
+    if dist.get_global_rank(group.group, 0) != 0:
+        return None  # another group: rank 0's own group holds every expert already
+    here = group.rank == 0
 
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(t) for _ in range(group.size)]
-        dist.all_gather(parts, t.contiguous(), group=group.group)
-        return torch.cat(parts)
+    def gather(t: torch.Tensor) -> torch.Tensor | None:
+        parts = [torch.empty_like(t) for _ in range(group.size)] if here else None
+        dist.gather(t.contiguous(), parts, dst=0, group=group.group)
+        return torch.cat(parts).cpu() if here else None
 
     sharded = sharded_parameters(module)
-    for name, p in sharded.items():
-        state[name] = gather(p.detach())
+    experts = {name: gather(p.detach()) for name, p in sharded.items()}
     index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
-    for p in sharded.values():
-        i = index[id(p)]
-        if i in opt_state["state"]:  # a copy: the optimizer's own state dict is the live one
-            opt_state["state"][i] = {key: gather(value) if torch.is_tensor(value) and value.dim() else value
-                                     for key, value in opt_state["state"][i].items()}
+    moments = {index[id(p)]: {key: gather(value) for key, value in optimizer.state[p].items()
+                              if torch.is_tensor(value) and value.dim()}
+               for p in sharded.values() if p in optimizer.state}
+    if not here:
+        return None
+    state = {name: experts.get(name, t.cpu()) for name, t in module.state_dict().items()}
+    opt_state = optimizer.state_dict()  # its inner dicts are the live state: copied, never changed
+    opt_state["state"] = {i: {key: moments.get(i, {}).get(key, v.cpu() if torch.is_tensor(v) else v)
+                              for key, v in entry.items()} for i, entry in opt_state["state"].items()}
     return state, opt_state
+
+
+def to_device(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move a model (built and cut on the CPU) and its optimizer's state to `device`, in place: the
+    Parameters stay the same objects, so the optimizer keeps them."""
+    model.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                state[key] = value.to(device)
 
 
 # ---------------------------------------------------------------- costs

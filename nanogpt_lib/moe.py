@@ -512,7 +512,7 @@ def load_balancing_loss(routing: Routing, convention: str = "switch", seq_len: i
     if counts is None:
         f = routing.expert_share()  # (E,) this batch's shares: no gradient
     else:
-        f = counts.to(routing.probs.dtype) / counts.sum()  # (E,) the global batch's shares
+        f = counts.float() / counts.sum()  # (E,) the global batch's shares (float32: exact counts)
     P = routing.probs.mean(dim=0)  # (E,) differentiable
     loss = E * torch.sum(f * P)
     return loss if convention == "switch" else loss * routing.top_k

@@ -575,7 +575,7 @@ def plot_token_exchange(counts: Sequence[torch.Tensor], layer: int = 0) -> Figur
     if P < 2 or E % P:
         raise ValueError(f"plot_token_exchange needs 2 or more processes whose number divides E={E}, got {P}")
     rows = torch.stack([c.reshape(P, E // P).sum(1) for c in counts]).tolist()  # (P sources, P owners)
-    widest = max(max(r) for r in rows)
+    widest = max(1, max(max(r) for r in rows))
     fig, ax = plt.subplots(figsize=(7.5, 1.6 + 1.5 * P))
     ys = [1.4 * (P - 1 - i) for i in range(P)]
     for s in range(P):

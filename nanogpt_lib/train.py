@@ -191,6 +191,9 @@ def check_applicable(args: argparse.Namespace) -> None:
         if moe:
             raise ValueError(f"{', '.join(moe)} shape(s) a Mixture of Experts, but the model is dense (--n-expert 0); "
                              f"add --n-expert N (N > 0) or leave them out")
+    if args.balance_scope == "global" and args.aux_loss_type == "sequence":
+        raise ValueError("--balance-scope global counts the experts' choices over the whole step, but --aux-loss-type "
+                         "sequence balances each sequence on its own; use one or the other")
     if "overwrite" in given and args.checkpoint is None:
         raise ValueError("--overwrite lets a run replace its --checkpoint, but no --checkpoint is given")
     if corpus_cli.corpus_mode(args):

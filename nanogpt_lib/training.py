@@ -145,7 +145,10 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches
     (`global_balance_counts`). With `moe_log`, an MoE model appends the last micro-batch's routing
     record to it.
     """
-    batches = [batches] if isinstance(batches, tuple) else batches
+    if len(batches) == 2 and all(isinstance(t, torch.Tensor) for t in batches):
+        batches = [tuple(batches)]  # one batch (x, y)
+    if balance_scope not in BALANCE_SCOPES:
+        raise ValueError(f"balance_scope={balance_scope!r} is not allowed: choose one of {BALANCE_SCOPES}")
     model.train()
     optimizer.zero_grad(set_to_none=True)
     counts = global_balance_counts(model, batches) if balance_scope == "global" else None
@@ -173,12 +176,14 @@ def global_balance_counts(model: torch.nn.Module, batches: list[Batch]) -> list[
     over all processes (an all-reduce). None for a dense model.
 
     A micro-batch's backward runs before the next one is routed, so the counts come from a forward
-    pass without gradients over all of them first (about a third more forward work). It runs in
-    training mode with the random state put back afterwards, so its dropout and router noise are
-    those of the real forwards: the counts are exactly those of the routing being trained.
+    pass without gradients over all of them first: one more forward per micro-batch, about a third of
+    a training step (under expert parallelism it exchanges rows too: half as many bytes again). It runs
+    in training mode with the random state put back afterwards, so its dropout and router noise are
+    those of the real forwards: the counts are exactly those of the routing being trained. A model
+    without a balancing loss (dense, or aux_loss_weight 0) needs no counts: None, and no pass.
     """
     module = model.module if hasattr(model, "no_sync") else model  # DDP's forward would prepare a reduction
-    if not any(isinstance(m, MoE) for m in module.modules()):
+    if not any(isinstance(m, MoE) for m in module.modules()) or module.config.aux_loss_weight == 0:
         return None
     device = batches[0][0].device
     total = None

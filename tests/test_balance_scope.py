@@ -102,3 +102,21 @@ def test_bad_balance_scope_is_refused_in_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["--balance-scope", "global", "--epochs", "2", "--no-progress"])  # a dense model has no balancing
     assert "--balance-scope shape(s) a Mixture of Experts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--n-expert", "4", "--aux-loss-type", "sequence", "--balance-scope", "global", "--epochs", "2"])
+    assert "--aux-loss-type sequence balances each sequence on its own" in capsys.readouterr().err
+    model, x, y = model_and_batch()
+    with pytest.raises(ValueError, match="balance_scope='all' is not allowed"):
+        train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), (x, y), balance_scope="all")
+
+
+def test_one_batch_may_be_a_tuple_or_a_list_of_two_tensors():
+    model, x, y = model_and_batch()
+    assert gradients(model, x, y, 1, "micro_batch")[0] == pytest.approx(
+        train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [x, y]), abs=1e-6)
+
+
+def test_no_counting_pass_without_a_balancing_loss():
+    model, x, y = model_and_batch(GPTConfig(**{**CONFIG.__dict__, "aux_loss_weight": 0.0}))
+    assert global_balance_counts(model, [(x, y)]) is None
+

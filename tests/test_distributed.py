@@ -31,9 +31,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(target: list[str], args: list[str], timeout: float = 120, **env) -> subprocess.CompletedProcess:
+def torchrun(target: list[str], args: list[str], timeout: float = 120, processes: int = 2,
+             **env) -> subprocess.CompletedProcess:
     port = _free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={processes}",
                "--master_addr=127.0.0.1", f"--master_port={port}", *target, *args]
     environment = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=HERE.parent)

@@ -120,6 +120,41 @@ def test_training_under_expert_parallelism_matches_ddp_and_its_checkpoint_loads_
     torch.testing.assert_close(torch.tensor(c.history.loss), torch.tensor(a.history.loss), rtol=1e-4, atol=1e-4)
 
 
+def test_a_one_process_run_resumes_under_expert_parallelism(tokens, tmp_path):
+    """Stopped at step 4 in one process, continued on two: with the experts spread, exactly as DDP continues it.
+    (Against the uninterrupted one-process run only the losses are compared: two processes sum gradients in
+    another order, and AdamW's first steps turn the rounding of near-zero router gradients into ~1e-3.)"""
+    whole, half, ddp, ep = (tmp_path / f"{name}.pt" for name in ("whole", "half", "ddp", "ep"))
+    common = ["--data", str(tokens), "--steps", "8", *MODEL, *MOE]
+    main([*common, "--checkpoint", str(whole)])
+    main([*common, "--stop-after", "4", "--checkpoint", str(half)])
+    for out, extra in ((ddp, []), (ep, ["--expert-parallel", "2"])):
+        result = torchrun(["-m", "nanogpt_lib.train"],
+                          [*common, *extra, "--resume", str(half), "--checkpoint", str(out)])
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b, c = load_checkpoint(ddp), load_checkpoint(ep), load_checkpoint(whole)
+    torch.testing.assert_close(torch.tensor(b.history.loss), torch.tensor(a.history.loss), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(b.history.loss), torch.tensor(c.history.loss), rtol=1e-4, atol=1e-4)
+    for p, q in zip(b.model.parameters(), a.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_four_processes_two_copies_of_the_experts_with_global_balancing_match_ddp(tokens, tmp_path):
+    """P = 4, n = 2: two groups, each holding every expert in halves; each expert's two copies (replicas)
+    average their gradients. Global-batch balancing counts over all four processes and both micro-steps."""
+    ddp, ep = tmp_path / "ddp.pt", tmp_path / "ep.pt"
+    common = ["--data", str(tokens), "--steps", "6", *MODEL, *MOE, "--balance-scope", "global"]
+    for out, extra in ((ddp, []), (ep, ["--expert-parallel", "2"])):
+        result = torchrun(["-m", "nanogpt_lib.train"], [*common, *extra, "--checkpoint", str(out)], processes=4,
+                          timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "x 4 process(es)" in result.stdout and "global batch 8 = 4 x 2 x 1 windows" in result.stdout
+    a, b = load_checkpoint(ddp), load_checkpoint(ep)
+    torch.testing.assert_close(torch.tensor(b.history.loss), torch.tensor(a.history.loss), rtol=1e-5, atol=1e-5)
+    for p, q in zip(b.model.parameters(), a.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
 def test_a_failing_process_stops_an_expert_parallel_run_quickly(tokens):
     began = time.monotonic()
     result = torchrun([str(HERE / "ddp_worker.py")], ["--data", str(tokens), "--steps", "50", "--dist-timeout", "30",
@@ -136,6 +171,10 @@ def test_what_cannot_be_spread_is_refused_in_one_line(tokens, capsys):
         shard_experts(GPT(GPTConfig(**{**ep_worker.BASE, "n_expert": 3})), half)
     with pytest.raises(ValueError, match="the model is dense"):
         shard_experts(GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=32)), half)
+    model = GPT(GPTConfig(**ep_worker.BASE))
+    model.transformer.h[0].mlp.expert_group = half
+    with pytest.raises(ValueError, match="spread over processes already"):
+        shard_experts(model, half)
     with pytest.raises(ValueError, match=r"--expert-parallel 3 is not allowed: it must divide the 2 process\(es\)"):
         expert_group(3, 2, 0)
     with pytest.raises(SystemExit):
