@@ -20,7 +20,8 @@ from .atomic import atomic_write_text
 from .comparison import PairedDifference, Summary, paired_difference, summarise
 from .experiments import capacity_key
 
-STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json", "upcycling": "upcycling.json"}
+STUDY_FILES = {"moe_vs_dense": "moe_vs_dense.json", "upcycling": "upcycling.json",
+               "balance_scope": "balance_scope.json"}
 EARLY_STEPS = 80  # per-step routing and loss kept for the first steps (where the router collapses and recovers)
 
 
@@ -262,4 +263,41 @@ def markdown_table(rows: list[dict], baseline: str = "dense") -> str:
         diff, wins = ("", "") if d is None else (f"{d.mean:+.4f} ± {d.se:.4f}", f"{d.wins}/{d.n}")
         lines.append(f"| {r['model']} | {r['params']:,} | {r['active_params']:,} | {r['val_loss'].n} | "
                      f"{r['val_loss'].mean:.4f} ± {r['val_loss'].se:.4f} | {diff} | {wins} |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def balance_scope_markdown(found: dict, last_steps: int = 100) -> str:
+    """The summary of `python -m studies.balance_scope` as Markdown tables: per arm mean ± std over seeds,
+    then the paired differences (global - micro_batch, seed by seed), then each arm against Part 2's own
+    runs (`last_steps`: the training log's tail the study averaged)."""
+    names = {"val_loss": ("val loss", 4), "imbalance_val_global": ("imbalance, val global batch", 3),
+             "imbalance_val_micro": ("imbalance, val micro-batches", 3),
+             "imbalance_train_micro": ("imbalance, train micro-batch", 3),
+             "imbalance_train_micro_last": (f"same, last {last_steps} steps", 3),
+             "token_purity": ("token purity", 3), "token_purity_shuffled": ("purity, shuffled", 3),
+             "nmi_class": ("NMI class", 3), "nmi_genre": ("NMI genre", 3)}
+    arms = list(found["arms"])
+    lines = ["| measure (mean ± std over seeds) | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for key, (label, digits) in names.items():
+        cells = [f"{_number(found['arms'][a][key]['mean'], digits)} ± {_number(found['arms'][a][key]['std'], digits)}"
+                 for a in arms]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for pair in found["paired"].values():
+        lines += ["", f"| {pair['global']} − {pair['micro_batch']}, seeds {pair['seeds']} | mean ± std | "
+                  "lower under global | per seed |", "|---|---|---|---|"]
+        for key, (label, digits) in names.items():
+            d = pair["difference"][key]
+            seeds = ", ".join(f"{v:+.{digits}f}" for v in d["per_seed"].values())
+            lines.append(f"| {label} | {d['mean']:+.{digits}f} ± {_number(d['std'], digits)} | "
+                         f"{d['global_lower']}/{d['n']} | {seeds} |")
+    for scope, ref in (found["part2_reference"] or {}).items():
+        seeds = ", ".join(f"{v['difference']:+.4f}" for v in ref["per_seed"].values())
+        same = ", ".join(str(v["identical_steps"]) for v in ref["per_seed"].values())
+        lines += ["", f"{scope} minus Part 2's moe-8x2 (one batch a step), val loss: {ref['mean']:+.4f} ± "
+                  f"{_number(ref['std'], 4)} over {ref['n']} seeds ({seeds}); the same training loss for the "
+                  f"first {same} steps"]
     return "\n".join(lines)
