@@ -579,9 +579,9 @@ def plot_token_exchange(counts: Sequence[torch.Tensor], layer: int = 0) -> Figur
     fig, ax = plt.subplots(figsize=(7.5, 1.6 + 1.5 * P))
     ys = [1.4 * (P - 1 - i) for i in range(P)]
     for s in range(P):
-        _box(ax, 1.0, ys[s], 1.9, 0.9, f"process {s}\n{sum(rows[s]):,} rows\n(N k, sorted)", "data")
+        _box(ax, 1.0, ys[s], 1.9, 0.9, f"process {s}\nits tokens' N·k\n= {sum(rows[s]):,} rows", "data")
         first = s * E // P
-        _box(ax, 7.0, ys[s], 2.0, 0.9, f"process {s}'s experts\n{first}..{first + E // P - 1}", "expert")
+        _box(ax, 7.0, ys[s], 2.0, 0.9, f"process {s}\n(experts {first}..{first + E // P - 1})", "expert")
     for s in range(P):
         for r in range(P):
             n = rows[s][r]
@@ -597,7 +597,7 @@ def plot_token_exchange(counts: Sequence[torch.Tensor], layer: int = 0) -> Figur
     ax.axis("off")
     sent = sum(rows[s][r] for s in range(P) for r in range(P) if s != r)
     ax.set_title(f"All-to-all of MoE layer {layer}: each process sends every row to its expert's owner\n"
-                 f"{sent:,} of {sum(map(sum, rows)):,} rows cross between processes (arrow width: rows)",
+                 f"{sent:,} of {sum(map(sum, rows)):,} rows cross between processes; the results return the same way",
                  fontsize=10)
     fig.tight_layout()
     return fig

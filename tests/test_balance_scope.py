@@ -116,7 +116,10 @@ def test_one_batch_may_be_a_tuple_or_a_list_of_two_tensors():
         train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), [x, y]), abs=1e-6)
 
 
-def test_no_counting_pass_without_a_balancing_loss():
+def test_no_counting_pass_without_a_balancing_loss_or_for_one_micro_batch():
     model, x, y = model_and_batch(GPTConfig(**{**CONFIG.__dict__, "aux_loss_weight": 0.0}))
-    assert global_balance_counts(model, [(x, y)]) is None
+    assert global_balance_counts(model, list(zip(x.chunk(2), y.chunk(2), strict=True))) is None
+    model, x, y = model_and_batch()
+    assert global_balance_counts(model, [(x, y)]) is None  # its own global batch
+    assert global_balance_counts(model, list(zip(x.chunk(2), y.chunk(2), strict=True))) is not None
 

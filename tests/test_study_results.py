@@ -239,7 +239,7 @@ def test_load_study_from_a_path_and_errors(study_data, tmp_path):
     assert load_study(path=str(path)).final("dense") == DENSE_FINAL
     with pytest.raises(FileNotFoundError, match=r"study summary '.*missing\.json' does not exist; run the study"):
         load_study(path=tmp_path / "missing.json")
-    with pytest.raises(ValueError, match=r"study 'moe_vs_sparse' is not known: choose one of \['balance_scope', 'moe_vs_d"):
+    with pytest.raises(ValueError, match=r"study 'moe_vs_sparse' is not known: choose one of \['balance_scope', 'moe"):
         load_study("moe_vs_sparse")
 
 
