@@ -10,6 +10,10 @@ windows at a time). Which windows, and the dropout masks, depend only on (seed, 
   masks only);
 - a run resumed from a checkpoint repeats the uninterrupted run exactly: the checkpoint needs the
   weights, the optimizer state and the step, but no sampler or RNG state.
+
+With `expert_parallel` = n > 1, each MoE layer's experts are spread over groups of n ranks
+(`expert_parallel.py`): the same updates as DDP, with E/n experts per rank; checkpoints still hold the
+whole model, so they resume under any number of processes.
 """
 
 from __future__ import annotations
