@@ -2,7 +2,7 @@
 #   make train   set up .venv and run Part 1 (python -m nanogpt_lib.train)
 #   make test    set up .venv and run the whole test suite (ruff + pytest, notebooks included)
 #   make lab     open the notebooks in JupyterLab; make notebooks re-executes them in place
-#   make posts   regenerate the blog's posts (_posts/, assets/notebooks/) from the executed notebooks
+#   make posts   regenerate the blog's posts (_posts/, assets/notebooks/) from the executed notebooks, both editions
 #   make voila   a notebook as an app in Voilà, code hidden (NB=04_eval for another one)
 # torch is installed first, pinned (TORCH=...), from TORCH_INDEX when given: on a Linux machine
 # without a GPU, TORCH_INDEX=https://download.pytorch.org/whl/cpu avoids PyPI's multi-GB CUDA
@@ -47,9 +47,11 @@ NB ?= 01_config
 voila: $(VENV)/.installed-dev
 	$(PY) -m voila notebooks/$(NB).ipynb
 
-# re-execute the notebooks in place, so their stored outputs match the library again
+# re-execute the notebooks in place, so their stored outputs match the library again, then build and execute
+# their Portuguese edition (notebooks/pt-br/) from the committed translations
 notebooks: $(VENV)/.installed-dev
 	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.record_timing=False notebooks/[0-9][0-9]_*.ipynb
+	$(PY) -m blog.translations build pt-br --force
 	$(MAKE) posts
 
 # the Jekyll site's posts from the executed notebooks (see README.md, "The blog site")

@@ -53,10 +53,12 @@ def _kramdown_span(span: re.Match) -> str:
     return f"$${inline}$$"
 
 
-def transform_prose(source: str, rewrite: Callable[[str], str] = lambda text: text) -> str:
-    """`source` with inline math made kramdown's and `rewrite` applied to everything outside code and math."""
+def transform_prose(source: str, rewrite: Callable[[str], str] = lambda text: text, *,
+                    kramdown_math: bool = True) -> str:
+    """`source` with `rewrite` applied to everything outside code and math, and (unless `kramdown_math` is
+    False) inline math made kramdown's."""
     masked, spans = _mask(source)
-    return _unmask(rewrite(masked), spans, _kramdown_span)
+    return _unmask(rewrite(masked), spans, _kramdown_span if kramdown_math else lambda m: m.group(0))
 
 
 def rewrite_link_targets(text: str, resolve: Callable[[str], str]) -> str:

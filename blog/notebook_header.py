@@ -26,7 +26,7 @@ from urllib.parse import quote
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from .posts import INSTALL_TAG, ROOT, SiteConfig
+from .posts import INSTALL_TAG, ROOT, NotebookPost, SiteConfig
 
 LINKS_TAG = "header-links"
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -47,11 +47,19 @@ def binder_url(config: SiteConfig, path: str) -> str:
     return f"https://mybinder.org/v2/gh/{config.repository}/{branch}?labpath={quote(path, safe='')}"
 
 
-def links_source(config: SiteConfig, path: str) -> str:
+_RUN_IT = {
+    "en": ("Run it in the browser: in Colab the first code cell installs the package; Binder builds the "
+           "repository's environment for you (slower to start, sliders included)."),
+    "pt-br": ("Rode no navegador: no Colab, a primeira célula de código instala o pacote; o Binder monta o "
+              "ambiente do repositório para você (demora mais para abrir, e os controles deslizantes funcionam)."),
+}
+
+
+def links_source(config: SiteConfig, path: str, language: str = "en") -> str:
+    if language not in _RUN_IT:
+        raise ValueError(f"language {language!r} has no header text; known: {', '.join(_RUN_IT)}")
     return (f"[![Open In Colab]({COLAB_BADGE})]({colab_url(config, path)}) "
-            f"[![Binder]({BINDER_BADGE})]({binder_url(config, path)})\n\n"
-            "Run it in the browser: in Colab the first code cell installs the package; Binder builds the "
-            "repository's environment for you (slower to start, sliders included).")
+            f"[![Binder]({BINDER_BADGE})]({binder_url(config, path)})\n\n" + _RUN_IT[language])
 
 
 def install_requirement(config: SiteConfig) -> str:
@@ -78,10 +86,11 @@ def _tagged(nb: nbformat.NotebookNode, tag: str) -> int | None:
     return found[0] if found else None
 
 
-def apply_header(nb: nbformat.NotebookNode, config: SiteConfig, path: str) -> bool:
-    """Insert or update the two header cells of `nb` (in place); True when something changed."""
+def apply_header(nb: nbformat.NotebookNode, config: SiteConfig, path: str, language: str = "en") -> bool:
+    """Insert or update the two header cells of `nb` (in place), the links' sentence in `language`; True when
+    something changed."""
     changed = False
-    wanted = {LINKS_TAG: links_source(config, path), INSTALL_TAG: install_source(config)}
+    wanted = {LINKS_TAG: links_source(config, path, language), INSTALL_TAG: install_source(config)}
     for tag, make in ((LINKS_TAG, new_markdown_cell), (INSTALL_TAG, new_code_cell)):
         index = _tagged(nb, tag)
         if index is None:
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for notebook in args.notebooks:
         nb = nbformat.read(notebook, as_version=4)
-        if apply_header(nb, config, notebook_path(args.root, notebook)):
+        language = NotebookPost.of(notebook).language  # notebooks/pt-br/...: the Portuguese sentence
+        if apply_header(nb, config, notebook_path(args.root, notebook), language):
             stale.append(notebook)
             if not args.check:
                 nbformat.write(nb, notebook)

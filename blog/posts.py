@@ -5,7 +5,10 @@
 
 Each notebooks/NN_name.ipynb becomes _posts/DATE-NN-name.md, rendered by nbconvert's MarkdownExporter,
 with its images in assets/notebooks/NN-name/ (named NN-name_CELL_OUTPUT.png, after the cell and output
-they come from). The conversion is deterministic: the same notebooks and _config.yml give the same
+they come from), at /moe/NN-name/. Its Portuguese edition, notebooks/pt-br/NN_name.ipynb (blog.translations),
+becomes _posts/pt-br/DATE-NN-name.md with images in assets/notebooks/pt-br/NN-name/, at /pt-br/moe/NN-name/;
+each post's front matter gives its language (`lang`) and its twins in the other editions (`translations`),
+for the layout's language switch. The conversion is deterministic: the same notebooks and _config.yml give the same
 bytes, so the tests can tell a stale post from a fresh one. Before the export:
 
 * the title is the notebook's first Markdown heading (taken out of the body: the layout shows it);
@@ -15,7 +18,8 @@ bytes, so the tests can tell a stale post from a fresh one. Before the export:
   progress bar), not what a reader saw; the post's layout links to Binder, where the widgets run;
 * `# NBVAL_...` test markers are taken out of the code shown;
 * the Colab install cell (tagged `colab-install` by blog.notebook_header) is left out: the post's readers
-  install nothing, and the header's Colab and Binder links stay;
+  install nothing, and the header's Colab and Binder links stay; so is a translated notebook's cell that sets
+  the figures' language;
 * every figure gets its alt text from a `# alt: ...` line in the cell that draws it (one line per image
   output, in order; the lines are taken out of the code shown). A figure without one is an error.
 
@@ -51,11 +55,14 @@ _NOTEBOOK_NAME = re.compile(r"(?P<number>\d\d)_(?P<name>[\w-]+)")
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _BLANK_WITH_SPACES = re.compile(r"^[ \t]+$", re.MULTILINE)
 _NBVAL_MARKER = re.compile(r"^[ \t]*#[ \t]*NBVAL_[A-Z_]+[ \t]*\n?", re.MULTILINE)
-_ALT_START = "# alt:"
-_ALT_MORE = "#  "  # a continuation line of an alt text: '#' and at least two spaces
+ALT_START = "# alt:"
+ALT_MORE = "#  "  # a continuation line of an alt text: '#' and at least two spaces
 _IMAGE = re.compile(r"!\[(?:png|jpeg|svg)\]\((?P<url>[^)\s]+)\)")
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
 INSTALL_TAG = "colab-install"  # blog.notebook_header's Colab install cell
+LANGUAGE_TAG = "figure-language"  # blog.translations' cell that sets a translated notebook's figure language
+ENGLISH = "en"
+EDITIONS = ("en", "pt-br")  # the site's languages: English at /moe/..., each other one under /LANG/moe/...
 
 
 @dataclass(frozen=True)
@@ -80,28 +87,48 @@ class SiteConfig:
 
 @dataclass(frozen=True)
 class NotebookPost:
-    """Where a notebook's post goes: notebooks/03_training.ipynb -> /moe/03-training/."""
+    """Where a notebook's post goes: notebooks/03_training.ipynb -> /moe/03-training/, and its translation
+    notebooks/pt-br/03_training.ipynb -> /pt-br/moe/03-training/."""
 
     notebook: Path
     number: str
     slug: str
+    language: str = ENGLISH
 
     @classmethod
-    def of(cls, notebook: Path) -> NotebookPost:
+    def of(cls, notebook: Path, language: str | None = None) -> NotebookPost:
+        """The post of `notebook`; its language is that of its folder (notebooks/pt-br/ -> pt-br) unless given."""
+        if language is None:
+            language = notebook.parent.name if notebook.parent.name in EDITIONS[1:] else ENGLISH
         match = _NOTEBOOK_NAME.fullmatch(notebook.stem)
         if match is None or notebook.suffix != ".ipynb":
             raise ValueError(f"{notebook.name}: a post's notebook is named NN_name.ipynb (two digits, "
                              "an underscore, then letters, digits, _ or -)")
+        if language not in EDITIONS:
+            raise ValueError(f"{notebook.name}: language {language!r} is not an edition; choose one of "
+                             f"{', '.join(EDITIONS)}")
         slug = f"{match['number']}-{match['name'].lower().replace('_', '-')}"
-        return cls(notebook, match["number"], slug)
+        return cls(notebook, match["number"], slug, language)
+
+    @property
+    def edition(self) -> str:
+        """The path of the post's edition on the site: "" for English, "/pt-br" for Portuguese."""
+        return "" if self.language == ENGLISH else f"/{self.language}"
 
     @property
     def permalink(self) -> str:
-        return f"/{CATEGORY}/{self.slug}/"
+        return f"{self.edition}/{CATEGORY}/{self.slug}/"
 
     @property
     def assets(self) -> str:
-        return f"{ASSETS}/{self.slug}"
+        return f"{ASSETS}{self.edition}/{self.slug}"
+
+    def in_language(self, language: str) -> str:
+        """The permalink of this notebook's post in another edition."""
+        return NotebookPost(self.notebook, self.number, self.slug, language).permalink
+
+    def post_file(self, date: dt.date) -> str:
+        return f"_posts{self.edition}/{date.isoformat()}-{self.slug}.md"
 
     def date(self, nb: nbformat.NotebookNode, config: SiteConfig) -> dt.date:
         written = nb.metadata.get("blog", {}).get("date")
@@ -113,15 +140,23 @@ class NotebookPost:
             raise ValueError(f"{self.notebook.name}: metadata blog.date must be YYYY-MM-DD, got {written!r}") from None
 
 
-def numbered_notebooks(root: Path) -> list[Path]:
-    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+def numbered_notebooks(root: Path, language: str = ENGLISH) -> list[Path]:
+    """The notebooks of an edition: notebooks/NN_name.ipynb, or their translations notebooks/LANG/NN_name.ipynb."""
+    folder = root / "notebooks" if language == ENGLISH else root / "notebooks" / language
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def edition_posts(root: Path) -> list[NotebookPost]:
+    """Every post of the site: each English notebook's, then each translated notebook's, edition by edition."""
+    return [NotebookPost.of(path, language) for language in EDITIONS for path in numbered_notebooks(root, language)]
 
 
 def prepare_cells(nb: nbformat.NotebookNode, post: NotebookPost, resolve: LinkResolver) -> tuple[str, dict[str, str]]:
     """Edit `nb` in place for the export (see the module's docstring); return its title and the alt text
     of each figure, keyed by the file name the export gives the image (without its extension)."""
     title = None
-    nb.cells = [cell for cell in nb.cells if INSTALL_TAG not in cell.get("metadata", {}).get("tags", [])]
+    nb.cells = [cell for cell in nb.cells
+                if not {INSTALL_TAG, LANGUAGE_TAG} & set(cell.get("metadata", {}).get("tags", []))]
     alts: dict[str, str] = {}
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
@@ -146,10 +181,10 @@ def split_alt_texts(source: str) -> tuple[list[str], str]:
     continuing = False
     for line in source.split("\n"):
         stripped = line.strip()
-        if stripped.startswith(_ALT_START):
-            alts.append(stripped[len(_ALT_START):].strip())
+        if stripped.startswith(ALT_START):
+            alts.append(stripped[len(ALT_START):].strip())
             continuing = True
-        elif continuing and stripped.startswith(_ALT_MORE) and stripped[len(_ALT_MORE):].strip():
+        elif continuing and stripped.startswith(ALT_MORE) and stripped[len(ALT_MORE):].strip():
             alts[-1] += " " + stripped.strip("# ")
         else:
             continuing = False
@@ -177,15 +212,19 @@ def with_alt_texts(body: str, alts: dict[str, str]) -> str:
     return _IMAGE.sub(describe, body)
 
 
-def front_matter(post: NotebookPost, title: str, root: Path) -> str:
+def front_matter(post: NotebookPost, title: str, root: Path, translations: dict[str, str]) -> str:
+    """The post's front matter; `translations` maps each other edition's language to its post's permalink
+    (the layout's language switch)."""
     notebook = post.notebook.relative_to(root).as_posix()
     fields = {
         "layout": "notebook",
         "title": title,
-        "categories": [CATEGORY],
+        "lang": post.language,
+        "categories": [CATEGORY] + ([] if post.language == ENGLISH else [post.language]),
         "permalink": post.permalink,
         "series_number": post.number,
         "notebook": notebook,
+        "translations": [{"lang": lang, "url": url} for lang, url in translations.items()],
         "render_with_liquid": False,  # a {{ ... }} in text or code is shown, not evaluated
     }
     dumped = yaml.safe_dump(fields, sort_keys=False, allow_unicode=True, width=1000)
@@ -208,8 +247,9 @@ def export_markdown(nb: nbformat.NotebookNode, post: NotebookPost) -> tuple[str,
 
 
 def convert_notebook(post: NotebookPost, root: Path, config: SiteConfig,
-                     post_permalinks: dict[Path, str]) -> dict[str, bytes]:
-    """The files of one notebook's post, keyed by their path in the repository."""
+                     post_permalinks: dict[Path, str], translations: dict[str, str] | None = None) -> dict[str, bytes]:
+    """The files of one notebook's post, keyed by their path in the repository; `translations`: the
+    permalinks of its posts in the other editions, by language."""
     nb = nbformat.read(post.notebook, as_version=4)
     resolve = LinkResolver(root=root, notebook=post.notebook, permalink=post.permalink, assets=f"/{post.assets}",
                            post_permalinks=post_permalinks, github=f"https://github.com/{config.repository}",
@@ -222,8 +262,8 @@ def convert_notebook(post: NotebookPost, root: Path, config: SiteConfig,
             raise ValueError(f"{post.notebook.name}: the linked image {source} has the name of an output image")
         images[name] = source.read_bytes()
     body = _BLANK_WITH_SPACES.sub("", body).strip("\n")  # nbconvert pads its output blocks with such lines
-    text = front_matter(post, title, root) + body + "\n"
-    files = {f"_posts/{post.date(nb, config).isoformat()}-{post.slug}.md": text.encode("utf-8")}
+    text = front_matter(post, title, root, translations or {}) + body + "\n"
+    files = {post.post_file(post.date(nb, config)): text.encode("utf-8")}
     files.update({f"{post.assets}/{name}": data for name, data in images.items()})
     return files
 
@@ -231,23 +271,30 @@ def convert_notebook(post: NotebookPost, root: Path, config: SiteConfig,
 def render_posts(root: Path = ROOT) -> dict[str, bytes]:
     """Every generated file (posts and images) from the notebooks, keyed by path in the repository."""
     config = SiteConfig.load(root)
-    posts = [NotebookPost.of(path) for path in numbered_notebooks(root)]
-    numbers = [post.number for post in posts]
+    posts = edition_posts(root)
+    numbers = [(post.language, post.number) for post in posts]
     shared = sorted(n for n in set(numbers) if numbers.count(n) > 1)
     if shared:
-        clash = [post.notebook.name for post in posts if post.number == shared[0]]
-        raise ValueError(f"notebooks {clash} share the number {shared[0]}: the index finds a post by its number")
+        clash = [post.notebook.name for post in posts if (post.language, post.number) == shared[0]]
+        raise ValueError(f"notebooks {clash} share the number {shared[0][1]}: the index finds a post by its number")
+    english = {post.number for post in posts if post.language == ENGLISH}
+    orphans = [post.notebook.name for post in posts if post.number not in english]
+    if orphans:
+        raise ValueError(f"translated notebooks {orphans} have no English notebook of their number")
     post_permalinks = {post.notebook.resolve(): post.permalink for post in posts}
+    editions = {(post.language, post.number): post.permalink for post in posts}
     files: dict[str, bytes] = {}
     for post in posts:
-        files.update(convert_notebook(post, root, config, post_permalinks))
+        translations = {lang: url for (lang, number), url in editions.items()
+                        if number == post.number and lang != post.language}
+        files.update(convert_notebook(post, root, config, post_permalinks, translations))
     return files
 
 
 def owned_files(root: Path) -> set[str]:
     """The generated files now in the repository: marked posts and everything under assets/notebooks/."""
     marker = GENERATED.split("{")[0]
-    posts = {p for p in (root / "_posts").glob("*.md") if marker in p.read_text(encoding="utf-8")[:400]}
+    posts = {p for p in (root / "_posts").rglob("*.md") if marker in p.read_text(encoding="utf-8")[:400]}
     assets = {p for p in (root / ASSETS).rglob("*") if p.is_file()}
     return {p.relative_to(root).as_posix() for p in posts | assets}
 
@@ -268,8 +315,10 @@ def write_posts(root: Path, files: dict[str, bytes]) -> list[str]:
                 tmp.write_bytes(files[name])
         else:
             (root / name).unlink()
-    for folder in (root / ASSETS).iterdir() if (root / ASSETS).is_dir() else ():
-        if folder.is_dir() and not any(folder.iterdir()):
+    folders = sorted((p for p in (root / ASSETS).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) \
+        if (root / ASSETS).is_dir() else []
+    for folder in folders:  # deepest first, so that a folder emptied by its subfolders goes too
+        if not any(folder.iterdir()):
             folder.rmdir()
     return changed
 

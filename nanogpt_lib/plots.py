@@ -1,10 +1,18 @@
 """The course's figures: small, titled, axes labelled with units. Each function returns the Figure
-(a notebook shows it with `plt.show()`); only `save_png` writes, for the command line."""
+(a notebook shows it with `plt.show()`); only `save_png` writes, for the command line.
+
+The figures' language is one setting, English by default: `set_language("pt-br")` (or, for a block,
+`with language("pt-br"):`) and every figure of this module and of `study_plots` comes out with its titles,
+axes, legends and boxes in Brazilian Portuguese (`figure_language` holds the words).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,11 +25,43 @@ from .atomic import atomic_path
 from .config import GPTConfig
 from .costs import format_count, model_cost
 from .evaluation import PositionReport
+from .figure_language import check_language, localise
 from .model import GPT
 from .moe import MoE, Routing, balance_summary, expert_capacity
 from .training import History
 
+_LANGUAGE: ContextVar[str] = ContextVar("figure_language", default="en")
 
+
+def set_language(language: str) -> None:
+    """The language of every figure drawn from now on: "en" (the default) or "pt-br"."""
+    _LANGUAGE.set(check_language(language))
+
+
+def get_language() -> str:
+    return _LANGUAGE.get()
+
+
+@contextlib.contextmanager
+def language(name: str) -> Iterator[None]:
+    """Figures drawn inside the block are in `name`; the setting is restored after it."""
+    token = _LANGUAGE.set(check_language(name))
+    try:
+        yield
+    finally:
+        _LANGUAGE.reset(token)
+
+
+def localised(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Decorator of the figure functions: the Figure they return is in the language setting's words."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> Figure:
+        return localise(draw(*args, **kwargs), get_language())
+
+    return wrapper
+
+
+@localised
 def plot_params_vs_width(
     vocab_size: int, block_size: int, widths: Sequence[int], depths: Sequence[int]
 ) -> Figure:
@@ -44,6 +84,7 @@ def plot_params_vs_width(
     return fig
 
 
+@localised
 def plot_history(history: History, vocab_size: int) -> Figure:
     """Training loss (nats) and perplexity (log scale) per epoch, with the 25 % eval points."""
     fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -64,6 +105,7 @@ def plot_history(history: History, vocab_size: int) -> Figure:
     return fig
 
 
+@localised
 def plot_corpus_history(history: History) -> Figure:
     """A corpus run: training loss per step and the periodic train / validation evaluations.
 
@@ -89,6 +131,7 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+@localised
 def plot_capacity(results: Sequence) -> Figure:
     """Final loss against parameters and against training seconds, one point per configuration
     (`results` are `experiments.SweepResult`)."""
@@ -112,6 +155,7 @@ def plot_capacity(results: Sequence) -> Figure:
     return fig
 
 
+@localised
 def plot_positions(reports: Mapping[str, PositionReport], vocab_size: int | None = None,
                    log_scale: bool = True) -> Figure:
     """p(true next token) at each position, one line per labelled model (e.g. per 25 % point).
@@ -139,6 +183,7 @@ def plot_positions(reports: Mapping[str, PositionReport], vocab_size: int | None
     return fig
 
 
+@localised
 def plot_shift(inputs: Sequence[str], targets: Sequence[str], first: int = 5, last: int = 3) -> Figure:
     """The shift drawn: inputs on top, targets below, each input pointing at the token it must
     predict; the last target is the ignored -1. Shows the first and last few positions."""
@@ -168,6 +213,7 @@ def plot_shift(inputs: Sequence[str], targets: Sequence[str], first: int = 5, la
 
 
 # ------------------------------------------------------------ Part 2: MoE
+@localised
 def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) -> Figure:
     """Left: which expert each token chose (1st / 2nd choice), kept or dropped. Right: each expert's
     load against its capacity (the seats), kept part and dropped part stacked."""
@@ -199,6 +245,7 @@ def plot_routing(routing: Routing, token_labels: Sequence[str] | None = None) ->
     return fig
 
 
+@localised
 def plot_val_perplexity(results: Sequence) -> Figure:
     """Train (dashed) and validation (solid) perplexity at each evaluation, one colour per model.
 
@@ -226,6 +273,7 @@ def _chosen_layers(layers: Sequence[int] | None, count: int) -> list[int]:
     return chosen
 
 
+@localised
 def plot_expert_share(history: History, title: str = "", layers: Sequence[int] | None = None) -> Figure:
     """One heatmap per MoE layer (all, or the indices in `layers`): the share of routing choices each
     expert received at each step.
@@ -250,6 +298,7 @@ def plot_expert_share(history: History, title: str = "", layers: Sequence[int] |
     return fig
 
 
+@localised
 def plot_moe_training(history: History) -> Figure:
     """Per step: the dropped fraction of each MoE layer, the load-balancing loss and the router z-loss."""
     if not history.moe:
@@ -283,6 +332,7 @@ def _rolling_mean(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+@localised
 def plot_balance(results: Sequence, window: int = 10) -> Figure:
     """Per training step, for each MoE model: the busiest expert's share over the fair share (left) and
     the share of choices dropped (right), each averaged over the MoE layers and over the last `window`
@@ -316,6 +366,7 @@ def plot_balance(results: Sequence, window: int = 10) -> Figure:
     return fig
 
 
+@localised
 def plot_expert_bias(history: History, title: str = "", layers: Sequence[int] | None = None) -> Figure:
     """The balancing bias of every expert over training, one panel per MoE layer (all, or those in
     `layers`). Auxiliary-loss-free balancing: it rises for experts that get too few tokens and falls
@@ -365,6 +416,7 @@ def _count(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()):,} params"
 
 
+@localised
 def plot_gpt_diagram(config: GPTConfig, batch_size: int = 1) -> Figure:
     """GPT-2 drawn from `config`: the whole model on the left, one block on the right, each box with its
     output shape (B = batch_size, T = block_size) and its parameter count, read from the model itself
@@ -450,6 +502,7 @@ def plot_gpt_diagram(config: GPTConfig, batch_size: int = 1) -> Figure:
     return fig
 
 
+@localised
 def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts_drawn: int = 10) -> Figure:
     """The MoE layer of `config` drawn left to right: router -> top-k -> seats -> experts -> weighted sum
     -> residual, with shapes (N = n_tokens, default one batch of block_size tokens) and parameter counts
@@ -540,6 +593,7 @@ def plot_moe_diagram(config: GPTConfig, n_tokens: int | None = None, max_experts
     return fig
 
 
+@localised
 def plot_active_vs_total(rows: Sequence) -> Figure:
     """Released MoE models (`real_models.table()` rows): active parameters per token (as published) against total
     parameters, both on log scales, with dashed lines where a token uses 1/4, 1/10 and 1/30 of the model."""
@@ -566,6 +620,7 @@ def plot_active_vs_total(rows: Sequence) -> Figure:
     return fig
 
 
+@localised
 def plot_token_exchange(counts: Sequence[torch.Tensor], layer: int = 0) -> Figure:
     """One MoE layer's all-to-all under expert parallelism, drawn: `counts[s]` (E,) are the rows process s
     sends to each expert (its routing counts), process r owning the r-th block of E/P experts. Each source

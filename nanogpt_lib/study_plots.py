@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from .plots import localised
 from .specialisation import Specialisation
 from .study_results import Study
 
@@ -25,6 +26,7 @@ def _tokens_per_step(study: Study) -> int:
     return protocol["batch_size"] * protocol["block_size"]
 
 
+@localised
 def plot_study_curves(study: Study, models: Sequence[str], labels: dict[str, str] | None = None) -> Figure:
     """Validation loss (fixed sample, mean over seeds, band = ± 1 standard error) against training tokens,
     and against seconds (each model's interleaved median step time x steps), with the bigram baseline."""
@@ -58,6 +60,7 @@ def plot_study_curves(study: Study, models: Sequence[str], labels: dict[str, str
     return fig
 
 
+@localised
 def plot_paired_differences(study: Study, models: Sequence[str], baseline: str = "dense",
                             labels: dict[str, str] | None = None) -> Figure:
     """Each model's final whole-split val loss minus the baseline's, seed by seed (dots), with the mean
@@ -82,6 +85,7 @@ def plot_paired_differences(study: Study, models: Sequence[str], baseline: str =
     return fig
 
 
+@localised
 def plot_balance_runs(study: Study, models: Sequence[str], ceiling: float,
                       labels: dict[str, str] | None = None) -> Figure:
     """Load imbalance (busiest expert's share over the fair share, mean over layers and seeds) per step in
@@ -110,6 +114,7 @@ def plot_balance_runs(study: Study, models: Sequence[str], ceiling: float,
     return fig
 
 
+@localised
 def plot_expert_shares(study: Study, model: str, seed: int) -> Figure:
     """One run's expert shares at the end of training (mean of its last 10 steps), layer x expert, on a
     diverging colour map centred on the fair share 1/E."""
@@ -128,6 +133,7 @@ def plot_expert_shares(study: Study, model: str, seed: int) -> Figure:
     return fig
 
 
+@localised
 def plot_grid(study: Study, rows: Sequence[str], columns: Sequence[str], keys: dict[tuple[str, str], str],
               value: str, row_label: str, column_label: str, title: str) -> Figure:
     """A heatmap over a grid of models (keys[(row, column)] = model), coloured by `value`: 'dropped' (the
@@ -159,6 +165,7 @@ def plot_grid(study: Study, rows: Sequence[str], columns: Sequence[str], keys: d
     return fig
 
 
+@localised
 def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
     """Enrichment P(expert | label) / P(expert) of one layer as a heatmap, log2 scale, centred on 1 (blue: the
     expert avoids the label, red: prefers it), with each label's token count on its row."""
@@ -183,6 +190,7 @@ def plot_specialisation(spec: Specialisation, layer: int, title: str) -> Figure:
     return fig
 
 
+@localised
 def plot_early_vs_final(study: Study, models: Sequence[str], step: int = 100,
                         labels: dict[str, str] | None = None) -> Figure:
     """Each run's validation loss at `step` (fixed sample) against its final one, one colour per model: how
@@ -203,6 +211,7 @@ def plot_early_vs_final(study: Study, models: Sequence[str], step: int = 100,
     return fig
 
 
+@localised
 def plot_upcycling_curves(study: Study, models: Sequence[str], labels: dict[str, str] | None = None) -> Figure:
     """Validation loss (fixed sample, mean over seeds, band = ± 1 SE) against training compute (FLOPs, every
     step counted at the model it ran on) and, with the study's timing, against seconds; the upcycling step
@@ -243,6 +252,7 @@ def plot_upcycling_curves(study: Study, models: Sequence[str], labels: dict[str,
     return fig
 
 
+@localised
 def plot_expert_divergence(study: Study, models: Sequence[str], labels: dict[str, str] | None = None) -> Figure:
     """How upcycled copies become different experts: left, the spread of each layer's experts (mean pairwise
     distance over the norm of their mean, averaged over layers and seeds) after the upcycling step; right, the

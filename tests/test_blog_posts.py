@@ -42,11 +42,36 @@ def first_notebook(root, markdown, cells=(), **metadata):
 def test_front_matter_title_date_and_place(repo):
     name, front, body, _ = first_notebook(repo, "# 03 · The `GPTConfig`, **first**\n\nIntro with {{ liquid }}.")
     assert name == "_posts/2024-01-03-03-first-try.md"  # series_start + (3 - 1) days
-    assert front == {"layout": "notebook", "title": "03 · The GPTConfig, first", "categories": ["moe"],
+    assert front == {"layout": "notebook", "title": "03 · The GPTConfig, first", "lang": "en", "categories": ["moe"],
                      "permalink": "/moe/03-first-try/", "series_number": "03",
-                     "notebook": "notebooks/03_first_try.ipynb", "render_with_liquid": False}
+                     "notebook": "notebooks/03_first_try.ipynb", "translations": [], "render_with_liquid": False}
     assert "# 03" not in body  # the layout shows the title
     assert body.strip() == "Intro with {{ liquid }}."
+
+
+def test_a_translated_notebook_is_a_post_of_its_edition_and_the_twins_link_each_other(repo):
+    (repo / "notebooks" / "pt-br").mkdir()
+    language_cell = new_code_cell('plots.set_language("pt-br")', metadata={"tags": ["figure-language"]})
+    nb = new_notebook(cells=[new_markdown_cell("# 03 · O primeiro\n\nVeja o [próximo](04_second.ipynb)."),
+                             language_cell, new_code_cell("x = 1")])
+    nbformat.write(nb, repo / "notebooks" / "pt-br" / "03_first_try.ipynb")
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# 04 · Segundo")]),
+                   repo / "notebooks" / "pt-br" / "04_second.ipynb")
+    write_notebook(repo, "03_first_try.ipynb", [new_markdown_cell("# 03 · The first")])
+    files = render_posts(repo)
+    english = yaml.safe_load(files["_posts/2024-01-03-03-first-try.md"].decode().split("---\n")[1])
+    text = files["_posts/pt-br/2024-01-03-03-first-try.md"].decode()
+    portuguese = yaml.safe_load(text.split("---\n")[1])
+    assert english["translations"] == [{"lang": "pt-br", "url": "/pt-br/moe/03-first-try/"}]
+    assert portuguese["translations"] == [{"lang": "en", "url": "/moe/03-first-try/"}]
+    assert portuguese["lang"] == "pt-br" and portuguese["categories"] == ["moe", "pt-br"]
+    assert portuguese["permalink"] == "/pt-br/moe/03-first-try/" and portuguese["title"] == "03 · O primeiro"
+    assert portuguese["notebook"] == "notebooks/pt-br/03_first_try.ipynb"
+    assert "set_language" not in text and "x = 1" in text  # the language cell is the edition's, not the reader's
+    assert "[próximo](../04-second/)" in text  # the link to a notebook goes to its post in the same edition
+    (repo / "notebooks" / "pt-br" / "05_orphan.ipynb").write_text(nbformat.writes(nb), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"translated notebooks \['05_orphan.ipynb'\] have no English notebook"):
+        render_posts(repo)
 
 
 def test_the_notebooks_metadata_can_fix_the_date(repo):

@@ -8,15 +8,17 @@ import pytest
 
 from tests.nbval_tolerance import cell_tolerance
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+FOLDER = Path(__file__).parent.parent / "notebooks"
+# both editions: the English notebooks and their Portuguese translations (blog.translations)
+NOTEBOOKS = sorted(FOLDER.glob("[0-9][0-9]_*.ipynb")) + sorted(FOLDER.glob("pt-br/[0-9][0-9]_*.ipynb"))
 
 
 def test_the_part1_notebooks_are_there():
-    names = [p.stem for p in NOTEBOOKS]
+    names = [p.stem for p in NOTEBOOKS if p.parent == FOLDER]
     assert names[:4] == ["01_config", "02_data_shift", "03_training", "04_eval"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(FOLDER).as_posix())
 def test_committed_executed_top_to_bottom_without_errors(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
@@ -25,7 +27,7 @@ def test_committed_executed_top_to_bottom_without_errors(path):
     assert not any("ExecuteTime" in c.get("metadata", {}) for c in code)  # record_timing=False
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.relative_to(FOLDER).as_posix())
 def test_ignored_outputs_are_explained_and_library_code_is_not_redefined(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:

@@ -14,10 +14,12 @@ from urllib.parse import unquote, urljoin, urlsplit
 import pytest
 import yaml
 
-from blog.posts import NotebookPost, numbered_notebooks, render_posts, stale_files
+from blog.posts import LANGUAGE_TAG, NotebookPost, edition_posts, numbered_notebooks, render_posts, stale_files
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = numbered_notebooks(ROOT)
+NOTEBOOKS = [post.notebook for post in edition_posts(ROOT)]  # both editions: notebooks/ and notebooks/pt-br/
+ENGLISH = numbered_notebooks(ROOT)
+PORTUGUESE = numbered_notebooks(ROOT, "pt-br")
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 BASEURL = "/nanogpt-moe"  # not _config.yml's: the links must not depend on it
 APT = "apt-get install jekyll jekyll-theme-minima ruby-jekyll-feed ruby-jekyll-seo-tag"
@@ -85,7 +87,7 @@ def test_every_notebook_is_a_post_with_its_title_and_its_code(site):
         assert f'itemprop="name headline">{re.sub(r"[`*]", "", heading)}</h1>' in page.text, notebook.name
         cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
         code = [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).strip()
-                and "colab-install" not in c["metadata"].get("tags", [])]  # the post leaves the install cell out
+                and not {"colab-install", LANGUAGE_TAG} & set(c["metadata"].get("tags", []))]  # left out of posts
         shown = [o for c in code for o in c["outputs"]  # show_source's output is a Python block too
                  if "```python" in "".join(o.get("data", {}).get("text/markdown", ""))]
         assert len(page.all("div", **{"class": "language-python"})) == len(code) + len(shown), notebook.name
@@ -138,18 +140,54 @@ def test_each_post_links_to_its_notebook_and_to_binder(site):
             f"https://mybinder.org/v2/gh/{repository}/{branch}?labpath={path.replace('/', '%2F')}")
 
 
-def test_the_index_lists_the_series_in_order_with_the_parts_to_come(site):
-    page = Page(site / "index.html")
+@pytest.mark.parametrize("language", ["en", "pt-br"])
+def test_the_index_lists_the_series_in_order_with_the_parts_to_come(site, language):
+    page = Page(site / ("index.html" if language == "en" else "pt-br/index.html"))
+    notebooks = ENGLISH if language == "en" else PORTUGUESE
+    key, coming_word = ("", "coming") if language == "en" else ("_pt_br", "em breve")
     linked = [a["href"] for a in page.all("a", **{"class": "post-link"})]
-    assert linked == [f"{BASEURL}{NotebookPost.of(nb).permalink}" for nb in NOTEBOOKS], "add it to _data/series.yml"
+    assert linked == [f"{BASEURL}{NotebookPost.of(nb).permalink}" for nb in notebooks], "add it to _data/series.yml"
     series = yaml.safe_load((ROOT / "_data" / "series.yml").read_text(encoding="utf-8"))
-    have = {NotebookPost.of(nb).number for nb in NOTEBOOKS}
+    have = {NotebookPost.of(nb).number for nb in notebooks}
     coming = [e for part in series for e in part["notebooks"] if e["number"] not in have]
-    assert [p["title"].split(" · ")[0] for p in series][:3] == ["Part 1", "Part 2", "Part 3"]
+    first = ["Part 1", "Part 2", "Part 3"] if language == "en" else ["Parte 1", "Parte 2", "Parte 3"]
+    assert [p["title" + key].split(" · ")[0] for p in series][:3] == first
     for part in series:
-        assert f"<h2>{part['title']}</h2>" in page.text
+        assert f"<h2>{part['title' + key]}</h2>" in page.text
     for entry in coming:
-        assert f"{entry['number']} · {entry['topic']} <span class=\"post-meta\">(coming)</span>" in page.text
+        coming_entry = f"{entry['number']} · {entry['topic' + key]} <span class=\"post-meta\">({coming_word})</span>"
+        assert coming_entry in page.text
+
+
+def test_every_page_says_its_language_and_links_to_the_same_page_in_the_other(site):
+    """Each post and index page: <html lang>, and a language switch to its twin, which links back."""
+    twins = {"index.html": "pt-br/index.html"}
+    for notebook in ENGLISH:
+        english, portuguese = post_page(site, notebook), post_page(site, notebook.parent / "pt-br" / notebook.name)
+        twins[english.relative_to(site).as_posix()] = portuguese.relative_to(site).as_posix()
+    assert len(twins) == len(ENGLISH) + 1 and len(PORTUGUESE) == len(ENGLISH)
+    pages = {path.relative_to(site).as_posix() for path in site.rglob("*.html")}
+    assert pages == set(twins) | set(twins.values()), "a page of the site has no twin in the other language"
+    for english, portuguese in twins.items():
+        for here, there, lang in ((english, portuguese, "en"), (portuguese, english, "pt-br")):
+            page = Page(site / here)
+            assert page.all("html")[0]["lang"] == lang, here
+            switch = page.all("a", **{"class": "translation-link"})
+            assert len(switch) == 1, here
+            assert switch[0]["href"] == f"{BASEURL}/{there}".removesuffix("index.html"), here
+            assert switch[0]["lang"] == ("pt-BR" if lang == "en" else "en"), here
+            home = page.all("a", **{"class": "site-title"})[0]["href"]
+            assert home == (f"{BASEURL}/" if lang == "en" else f"{BASEURL}/pt-br/"), here
+
+
+def test_the_feeds_list_both_editions_and_the_portuguese_one_alone(site):
+    everything = (site / "feed.xml").read_text(encoding="utf-8")
+    portuguese = (site / "feed" / "pt-br.xml").read_text(encoding="utf-8")
+    assert everything.count("<entry") == len(NOTEBOOKS)
+    assert everything.count('<entry xml:lang="pt-br"') == len(PORTUGUESE)
+    assert portuguese.count("<entry") == len(PORTUGUESE) == portuguese.count('<entry xml:lang="pt-br"')
+    for notebook in PORTUGUESE:
+        assert f"{BASEURL}{NotebookPost.of(notebook).permalink}" in portuguese
 
 
 def test_widget_views_have_no_static_leftovers(site):
