@@ -21,6 +21,7 @@ from functools import cache
 
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import FixedFormatter, FuncFormatter
 
 LANGUAGES = ("en", "pt-br")
 
@@ -198,11 +199,11 @@ PT_BR: tuple[tuple[str, str], ...] = (
     (r"^off this scale \(random starts\):", "fora desta escala (inícios aleatórios):"),
     (r"^ln (\d+): uniform router$", r"ln \1: roteador uniforme"),
     (r"^steps since the MoE started$", "passos desde o início do MoE"),
-    (r"^expert spread \(relative distance\)$", "dispersão dos especialistas (distância relativa)"),
+    (r"^expert spread \(relative distance\)$", "dispersão (distância relativa)"),
     (r"^Experts: mean pairwise distance / norm of their mean$",
-     "Especialistas: distância média entre pares / norma da média deles"),
+     "Especialistas: distância média entre pares / norma da média"),
     (r"^router entropy \(nats\)$", "entropia do roteador (nats)"),
-    (r"^Router: entropy of the expert probabilities$", "Roteador: entropia das probabilidades dos especialistas"),
+    (r"^Router: entropy of the expert probabilities$", "Roteador: entropia das probabilidades"),
     (r"^router W_r ", "roteador W_r "),
     (r"\+ shared\(x\)", "+ compartilhado(x)"),
     # --- labels and titles the notebooks pass in (studies' arms and models)
@@ -280,4 +281,13 @@ def localise(fig: Figure, language: str) -> Figure:
         text = artist.get_text()
         if text:
             artist.set_text(translate(text, language))
+    for ax in fig.axes:  # tick labels given as a list are redrawn from their formatter at each draw
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, FixedFormatter):
+                formatter.seq = [translate(str(label), language) for label in formatter.seq]
+            elif isinstance(formatter, FuncFormatter):  # matplotlib >= 3.9 keeps a list of labels this way
+                label_of = formatter.func
+                axis.set_major_formatter(FuncFormatter(
+                    lambda value, pos, label_of=label_of: translate(str(label_of(value, pos)), language)))
     return fig

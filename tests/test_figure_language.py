@@ -35,6 +35,8 @@ ENGLISH = re.compile(
 
 
 def texts(fig) -> list[str]:
+    """Every text of `fig` as drawn (drawing regenerates tick labels from their formatters)."""
+    fig.canvas.draw()
     found = [t.get_text() for t in fig.findobj(Text) if t.get_text()]
     plt.close(fig)
     return found
